@@ -1,0 +1,1 @@
+//! tincan's audio engine (in progress: see the Audio issue).
