@@ -1,0 +1,336 @@
+//! The receive side: one [`SpeakerPipeline`] (jitter buffer and decoder) per
+//! remote speaker, and a [`Receiver`] that keeps them by speaker id and mixes
+//! them.
+//!
+//! The voice plane calls [`Receiver::push`] with each packet and the time it
+//! arrived; the playout side calls [`Receiver::mix`] once per tick with the time
+//! and a buffer to fill. Time is passed in, as everywhere in the engine.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::Duration;
+
+use crate::codec::{Decoder, MAX_PACKET_SAMPLES, VoicePacket};
+use crate::error::DecoderError;
+use crate::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
+use crate::mixer::{Mixer, MixerConfig, rms_dbfs};
+
+/// Settings of the receive side.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReceiveConfig {
+    /// Each speaker's jitter buffer.
+    pub jitter: JitterConfig,
+    /// The mixer.
+    pub mixer: MixerConfig,
+    /// Audio below this level (dBFS) is quiet enough for the jitter buffer to
+    /// drop or insert a frame unheard. Default -50.
+    pub quiet_threshold_dbfs: f32,
+    /// Most speakers decoded at once. A packet from one more is dropped, unless
+    /// a speaker has been silent for `forget_after`, who then makes room.
+    /// Default 64.
+    pub max_speakers: usize,
+    /// A speaker silent this long may be forgotten. Default 10 s.
+    pub forget_after: Duration,
+}
+
+impl Default for ReceiveConfig {
+    fn default() -> Self {
+        ReceiveConfig {
+            jitter: JitterConfig::default(),
+            mixer: MixerConfig::default(),
+            quiet_threshold_dbfs: -50.0,
+            max_speakers: 64,
+            forget_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How long played frames waited in the jitter buffer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WaitStats {
+    /// Frames played from a packet.
+    pub frames: u64,
+    /// Their waits added up.
+    pub total: Duration,
+    /// The longest wait.
+    pub longest: Duration,
+}
+
+impl WaitStats {
+    /// The mean wait, zero before any frame.
+    pub fn mean(&self) -> Duration {
+        if self.frames == 0 {
+            Duration::ZERO
+        } else {
+            self.total / u32::try_from(self.frames).unwrap_or(u32::MAX)
+        }
+    }
+}
+
+/// One remote speaker: jitter buffer, decoder with FEC and concealment, and a
+/// little FIFO so that any frame length plays out at any tick length.
+#[derive(Debug)]
+pub struct SpeakerPipeline {
+    jitter: JitterBuffer,
+    decoder: Decoder,
+    fifo: Vec<f32>,
+    decoded: Vec<f32>,
+    quiet_threshold_dbfs: f32,
+    last_packet_at: Option<Duration>,
+    waits: WaitStats,
+}
+
+impl SpeakerPipeline {
+    /// A pipeline with an empty jitter buffer and a fresh decoder.
+    pub fn new(jitter: JitterConfig, quiet_threshold_dbfs: f32) -> Result<Self, DecoderError> {
+        Ok(SpeakerPipeline {
+            jitter: JitterBuffer::new(jitter),
+            decoder: Decoder::new()?,
+            fifo: Vec::with_capacity(2 * MAX_PACKET_SAMPLES),
+            decoded: vec![0.0; MAX_PACKET_SAMPLES],
+            quiet_threshold_dbfs,
+            last_packet_at: None,
+            waits: WaitStats::default(),
+        })
+    }
+
+    /// Takes a packet that arrived at `arrived_at`.
+    pub fn push(&mut self, packet: VoicePacket, arrived_at: Duration) {
+        self.last_packet_at = Some(arrived_at);
+        self.jitter.push(packet, arrived_at);
+    }
+
+    /// The jitter buffer's counters and delays.
+    pub fn stats(&self) -> JitterStats {
+        self.jitter.stats()
+    }
+
+    /// How long played frames waited in the buffer.
+    pub fn waits(&self) -> WaitStats {
+        self.waits
+    }
+
+    /// When the last packet arrived.
+    pub fn last_packet_at(&self) -> Option<Duration> {
+        self.last_packet_at
+    }
+
+    fn decode_next(&mut self, at: Duration) {
+        let playout = self.jitter.pop(at);
+        let decoded = &mut self.decoded[..];
+        let (produced, from_decoder) = match playout {
+            Playout::Idle { samples } => {
+                let samples = samples.clamp(1, MAX_PACKET_SAMPLES);
+                decoded[..samples].fill(0.0);
+                (samples, false)
+            }
+            Playout::Frame(frame) => {
+                let waited = at.saturating_sub(frame.arrived_at);
+                self.waits.frames += 1;
+                self.waits.total += waited;
+                self.waits.longest = self.waits.longest.max(waited);
+                let n = self
+                    .decoder
+                    .decode(&frame.payload, decoded)
+                    .unwrap_or_else(|| self.decoder.conceal(frame.samples, decoded));
+                (n, true)
+            }
+            Playout::Recover {
+                next_payload,
+                samples,
+            } => {
+                let n = self
+                    .decoder
+                    .decode_fec(&next_payload, samples, decoded)
+                    .unwrap_or_else(|| self.decoder.conceal(samples, decoded));
+                (n, true)
+            }
+            Playout::Conceal { samples }
+            | Playout::Gap { samples }
+            | Playout::Insert { samples } => (self.decoder.conceal(samples, decoded), true),
+        };
+        let produced = produced.min(MAX_PACKET_SAMPLES);
+        if from_decoder {
+            let quiet = rms_dbfs(&self.decoded[..produced]) < self.quiet_threshold_dbfs;
+            self.jitter.set_quiet(quiet);
+        }
+        self.fifo.extend_from_slice(&self.decoded[..produced]);
+    }
+
+    /// Fills `out` with this speaker's next samples, for playout starting at
+    /// `now`.
+    pub fn pull(&mut self, now: Duration, out: &mut [f32]) {
+        for chunk in out.chunks_mut(MAX_PACKET_SAMPLES) {
+            let mut attempts = 0;
+            while self.fifo.len() < chunk.len() && attempts < 64 {
+                let queued = Duration::from_micros(self.fifo.len() as u64 * 125 / 6);
+                self.decode_next(now + queued);
+                attempts += 1;
+            }
+            let n = chunk.len().min(self.fifo.len());
+            chunk[..n].copy_from_slice(&self.fifo[..n]);
+            chunk[n..].fill(0.0);
+            self.fifo.drain(..n);
+        }
+    }
+}
+
+/// All remote speakers of a channel, mixed. `K` identifies a speaker.
+#[derive(Debug)]
+pub struct Receiver<K> {
+    config: ReceiveConfig,
+    speakers: HashMap<K, SpeakerPipeline>,
+    mixer: Mixer<K>,
+    scratch: Vec<f32>,
+    refused: u64,
+}
+
+impl<K: Eq + Hash + Clone> Receiver<K> {
+    /// A receiver with no speakers.
+    pub fn new(config: ReceiveConfig) -> Self {
+        Receiver {
+            mixer: Mixer::new(config.mixer.clone()),
+            config,
+            speakers: HashMap::new(),
+            scratch: vec![0.0; crate::TICK_SAMPLES],
+            refused: 0,
+        }
+    }
+
+    /// Takes a packet from `speaker` that arrived at `arrived_at`. A new
+    /// speaker gets a pipeline; past [`ReceiveConfig::max_speakers`] the packet
+    /// is dropped (see [`Receiver::refused`]).
+    pub fn push(
+        &mut self,
+        speaker: &K,
+        packet: VoicePacket,
+        arrived_at: Duration,
+    ) -> Result<(), DecoderError> {
+        if !self.speakers.contains_key(speaker) {
+            if self.speakers.len() >= self.config.max_speakers && !self.forget_one(arrived_at) {
+                self.refused += 1;
+                return Ok(());
+            }
+            let pipeline =
+                SpeakerPipeline::new(self.config.jitter.clone(), self.config.quiet_threshold_dbfs)?;
+            self.speakers.insert(speaker.clone(), pipeline);
+        }
+        if let Some(pipeline) = self.speakers.get_mut(speaker) {
+            pipeline.push(packet, arrived_at);
+        }
+        Ok(())
+    }
+
+    fn forget_one(&mut self, now: Duration) -> bool {
+        let stale = self
+            .speakers
+            .iter()
+            .filter(|(_, p)| {
+                p.last_packet_at()
+                    .is_none_or(|t| now.saturating_sub(t) >= self.config.forget_after)
+            })
+            .min_by_key(|(_, p)| p.last_packet_at())
+            .map(|(k, _)| k.clone());
+        match stale {
+            Some(k) => {
+                self.speakers.remove(&k);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Mixes every speaker's next samples into `out`, for playout at `now`.
+    pub fn mix(&mut self, now: Duration, out: &mut [f32]) {
+        if self.scratch.len() < out.len() {
+            self.scratch.resize(out.len(), 0.0);
+        }
+        self.mixer.begin(out);
+        let scratch = &mut self.scratch[..out.len()];
+        for (speaker, pipeline) in &mut self.speakers {
+            pipeline.pull(now, scratch);
+            self.mixer.add(speaker, scratch, out);
+        }
+        self.mixer.finish(out);
+    }
+
+    /// The mixer, for gains, mutes, deafen and levels.
+    pub fn mixer(&mut self) -> &mut Mixer<K> {
+        &mut self.mixer
+    }
+
+    /// A speaker's pipeline, for its statistics.
+    pub fn speaker(&self, speaker: &K) -> Option<&SpeakerPipeline> {
+        self.speakers.get(speaker)
+    }
+
+    /// Forgets a speaker who left.
+    pub fn remove(&mut self, speaker: &K) {
+        self.speakers.remove(speaker);
+        self.mixer.remove(speaker);
+    }
+
+    /// Packets dropped because there were too many speakers.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Encoder, EncoderConfig};
+
+    fn tone(start: usize, len: usize, freq: f32, amp: f32) -> Vec<f32> {
+        (start..start + len)
+            .map(|i| amp * (i as f32 * freq * std::f32::consts::TAU / 48_000.0).sin())
+            .collect()
+    }
+
+    #[test]
+    fn two_speakers_are_mixed_and_metered() {
+        let mut receiver = Receiver::new(ReceiveConfig::default());
+        let mut a = Encoder::new(EncoderConfig::default()).unwrap();
+        let mut b = Encoder::new(EncoderConfig::default()).unwrap();
+        let mut out = vec![0.0; 480];
+        let mut energy = 0.0;
+        for i in 0..100usize {
+            let now = Duration::from_millis(i as u64 * 10);
+            let pa = a.encode(&tone(i * 480, 480, 440.0, 0.3)).unwrap().unwrap();
+            let pb = b.encode(&[0.0; 480]).unwrap().unwrap();
+            receiver.push(&"a", pa, now).unwrap();
+            receiver.push(&"b", pb, now).unwrap();
+            receiver.mix(now, &mut out);
+            if i > 50 {
+                energy += out.iter().map(|s| s * s).sum::<f32>();
+            }
+        }
+        assert!(energy > 100.0, "energy {energy}");
+        assert!(receiver.mixer().level(&"a").unwrap().speaking);
+        assert!(!receiver.mixer().level(&"b").unwrap().speaking);
+        let stats = receiver.speaker(&"a").unwrap().stats();
+        assert!(stats.played > 90 && stats.lost == 0, "{stats:?}");
+    }
+
+    #[test]
+    fn speaker_limit_drops_new_speakers_until_one_is_stale() {
+        let mut receiver = Receiver::new(ReceiveConfig {
+            max_speakers: 1,
+            ..Default::default()
+        });
+        let packet = |s| VoicePacket {
+            sequence: s,
+            timestamp: s * 480,
+            payload: vec![9 << 3],
+        };
+        receiver.push(&1, packet(0), Duration::ZERO).unwrap();
+        receiver
+            .push(&2, packet(0), Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(receiver.refused(), 1);
+        receiver
+            .push(&2, packet(1), Duration::from_secs(11))
+            .unwrap();
+        assert!(receiver.speaker(&2).is_some() && receiver.speaker(&1).is_none());
+    }
+}
