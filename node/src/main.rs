@@ -1,1 +1,5 @@
-fn main() {}
+//! The `tincan` binary: parses the command line and hands over to the library.
+
+fn main() -> std::process::ExitCode {
+    tincan::cli::main()
+}

@@ -47,6 +47,8 @@ pub(crate) struct Tables<'txn> {
     pending_limit: u64,
     /// Records released from the pending set, to apply next.
     released: Vec<SignedRecord>,
+    /// Outcomes of released records, by id.
+    released_outcomes: std::collections::HashMap<RecordId, Result<Applied, RuleError>>,
 }
 
 type Step = Result<Result<Applied, RuleError>, StorageError>;
@@ -68,6 +70,7 @@ impl<'txn> Tables<'txn> {
             pending_ids: txn.open_table(PENDING_IDS)?,
             pending_limit: config.pending_limit.max(1) as u64,
             released: Vec::new(),
+            released_outcomes: Default::default(),
         })
     }
 
@@ -77,11 +80,19 @@ impl<'txn> Tables<'txn> {
         // Records released from the pending set are applied in turn; each
         // release removes them from the set, so this ends.
         while let Some(r) = self.released.pop() {
-            // A released record's outcome is not the caller's concern; it
-            // may go back to waiting (a log entry for its author's membership).
-            let _ = self.apply_one(r, changes)?;
+            // It may go back to waiting (a log entry for its author's
+            // membership); the batch reports what finally became of it.
+            let id = r.id();
+            let outcome = self.apply_one(r, changes)?;
+            self.released_outcomes.insert(id, outcome);
         }
         Ok(first)
+    }
+
+    /// What became of a record that waited and was released during this
+    /// transaction, if it was.
+    pub(crate) fn released_outcome(&self, id: &RecordId) -> Option<Result<Applied, RuleError>> {
+        self.released_outcomes.get(id).cloned()
     }
 
     fn apply_one(&mut self, signed: SignedRecord, changes: &mut Vec<Change>) -> Step {
@@ -105,6 +116,7 @@ impl<'txn> Tables<'txn> {
                 }
             },
         };
+        self.note_hlc(rec.hlc)?;
         match (&rec.body, room) {
             (Body::Member(m), Some(info)) => {
                 let (room_id, user) = (m.room, m.user);
@@ -150,6 +162,21 @@ impl<'txn> Tables<'txn> {
             }
             _ => self.last_writer_wins(signed, changes),
         }
+    }
+
+    /// Keeps the highest HLC seen, so this node's clock can order its next
+    /// write after everything it has seen (bookkeeping, not replicated state).
+    fn note_hlc(&mut self, hlc: tincan_core::Hlc) -> Result<(), StorageError> {
+        let high = self
+            .meta
+            .get("hlc_high")?
+            .and_then(|v| v.value().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        if hlc.0 > high {
+            self.meta
+                .insert("hlc_high", hlc.0.to_be_bytes().as_slice())?;
+        }
+        Ok(())
     }
 
     fn last_writer_wins(&mut self, signed: SignedRecord, changes: &mut Vec<Change>) -> Step {

@@ -238,8 +238,19 @@ impl Store {
         let results = {
             let mut tables = apply::Tables::open(&txn, &self.config)?;
             let mut results = Vec::with_capacity(records.len());
+            let mut ids = Vec::with_capacity(records.len());
             for r in records {
+                ids.push(r.id());
                 results.push(tables.apply(r, &mut changes)?);
+            }
+            // A record that waited for a parent later in the same batch
+            // reports what finally became of it.
+            for (id, result) in ids.iter().zip(results.iter_mut()) {
+                if matches!(result, Ok(Applied::Pending(_)))
+                    && let Some(outcome) = tables.released_outcome(id)
+                {
+                    *result = outcome;
+                }
             }
             results
         };
@@ -251,10 +262,45 @@ impl Store {
         Ok(results)
     }
 
+    /// The highest HLC of any record that passed the rules here (stored or
+    /// superseded): a node's clock observes it before writing.
+    pub fn hlc_high(&self) -> Result<tincan_core::Hlc, StorageError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(META)?;
+        Ok(tincan_core::Hlc(
+            t.get("hlc_high")?
+                .and_then(|v| v.value().try_into().ok().map(u64::from_be_bytes))
+                .unwrap_or(0),
+        ))
+    }
+
     /// Number of records waiting for a parent.
     pub fn pending_len(&self) -> Result<u64, StorageError> {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(PENDING)?.len()?)
+    }
+
+    /// Every record in force, parents first (profiles and rooms, then
+    /// members, channels and deletes, then log entries in time order), so
+    /// that a node applying them in this order never parks one.
+    pub fn records_in_dependency_order(&self) -> Result<Vec<SignedRecord>, StorageError> {
+        let mut all = self.records()?;
+        all.sort_by_key(|r| {
+            let rank = match &r.record().body {
+                tincan_core::Body::Profile(_) => 0,
+                tincan_core::Body::Room(_) => 1,
+                tincan_core::Body::Tombstone(t)
+                    if matches!(t.target, tincan_core::Target::Room { .. }) =>
+                {
+                    1
+                }
+                tincan_core::Body::Member(_) => 2,
+                tincan_core::Body::Channel(_) | tincan_core::Body::Tombstone(_) => 3,
+                tincan_core::Body::RoomLog(_) => 4,
+            };
+            (rank, r.record().hlc, r.id())
+        });
+        Ok(all)
     }
 
     /// Every record in force, in id order: for export and sync.

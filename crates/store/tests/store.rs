@@ -364,3 +364,38 @@ fn damaged_store_file_is_an_error_not_a_panic() {
         outcomes.0, outcomes.1
     );
 }
+
+#[test]
+fn a_batch_reports_what_became_of_records_that_waited_within_it() {
+    let s = Store::in_memory(Default::default()).unwrap();
+    let owner = UserKey::from_seed(&[1; 32]);
+    let other = UserKey::from_seed(&[2; 32]);
+    let (room, room_rec) = make::room(&owner, t(1), [1; 16], "r", RoomSettings::default()).unwrap();
+    let ch = make::channel(
+        &owner,
+        t(2),
+        room,
+        ChannelId([2; 16]),
+        "general",
+        "",
+        vec![],
+    )
+    .unwrap();
+    let bad = make::channel(
+        &other,
+        t(3),
+        room,
+        ChannelId([3; 16]),
+        "intruder",
+        "",
+        vec![],
+    )
+    .unwrap();
+    let out = s.apply_batch(vec![ch, bad, room_rec]).unwrap();
+    assert_eq!(out[0], Ok(Applied::Stored));
+    assert_eq!(
+        out[1],
+        Err(tincan_core::RuleError::ChannelNotByOwner { room })
+    );
+    assert_eq!(out[2], Ok(Applied::Stored));
+}

@@ -1,0 +1,987 @@
+//! The `tincan` command line.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use tincan_core::keystore::{Identity, KdfParams, SealedIdentity};
+use tincan_core::{
+    ChannelId, Hlc, JoinPolicy, MemberRole, MemberState, NodeKey, RoomId, RoomSettings,
+    UnverifiedRecord, make, permissions,
+};
+use tincan_store::datadir::DataDir;
+use tincan_store::{Applied, RoomView, Store};
+
+use crate::bundle::Bundle;
+use crate::node::{self, Node};
+use crate::password::PasswordSource;
+
+/// tincan: voice chat for gamers that needs no server.
+#[derive(Parser, Debug)]
+#[command(name = "tincan", version, about, long_about = None)]
+pub struct Cli {
+    /// Data directory (identity and store) [default: $XDG_DATA_HOME/tincan]
+    #[arg(long, global = true, env = "TINCAN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Read the password from this file (else $TINCAN_PASSWORD, else a prompt)
+    #[arg(long, global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Log format on stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Print results as JSON
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Top-level commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create an identity (sign-up): a user key, a node key and a profile
+    Init {
+        /// Display name (not unique: others see it with your fingerprint)
+        #[arg(long, env = "TINCAN_USERNAME")]
+        username: Option<String>,
+    },
+    /// Start the node: sign up if there is no identity yet, unlock it, open the store and show the node
+    Up {
+        /// Display name for sign-up, if there is no identity yet
+        #[arg(long, env = "TINCAN_USERNAME")]
+        username: Option<String>,
+    },
+    /// Show or manage this node's identity
+    Id {
+        /// Identity operations (default: show)
+        #[command(subcommand)]
+        action: Option<IdAction>,
+    },
+    /// Rooms
+    Room {
+        /// Room operations
+        #[command(subcommand)]
+        action: RoomAction,
+    },
+    /// Voice channels of a room
+    Channel {
+        /// Channel operations
+        #[command(subcommand)]
+        action: ChannelAction,
+    },
+    /// A room's activity log
+    Log {
+        /// Log operations
+        #[command(subcommand)]
+        action: LogAction,
+    },
+    /// Write every stored record, signed, to a bundle (JSON)
+    Export {
+        /// Output file [default: standard output]
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Apply the records of a bundle; each is checked like a record from a peer
+    Import {
+        /// The bundle file
+        file: PathBuf,
+    },
+}
+
+/// Identity operations.
+#[derive(Subcommand, Debug)]
+pub enum IdAction {
+    /// Show user id, fingerprint and node id (no password needed)
+    Show,
+    /// Write the identity, sealed under an export password, for backup or a second device
+    Export {
+        /// Output file
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Include this device's node key (a backup of this device, not a second device)
+        #[arg(long)]
+        with_node_key: bool,
+        /// Read the export password from this file (else $TINCAN_EXPORT_PASSWORD, else a prompt)
+        #[arg(long)]
+        export_password_file: Option<PathBuf>,
+    },
+    /// Make this data directory's identity from an export; a new node key is made unless the export carries one
+    Import {
+        /// The export file
+        file: PathBuf,
+        /// Read the export password from this file (else $TINCAN_EXPORT_PASSWORD, else a prompt)
+        #[arg(long)]
+        export_password_file: Option<PathBuf>,
+    },
+    /// Change the password
+    Passwd {
+        /// Read the new password from this file (else $TINCAN_NEW_PASSWORD, else a prompt)
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+    },
+}
+
+/// Room operations.
+#[derive(Subcommand, Debug)]
+pub enum RoomAction {
+    /// Create a room you own
+    Create {
+        /// Title
+        title: String,
+        /// Only users you invite or admit may join
+        #[arg(long)]
+        invite_only: bool,
+        /// Most members at once, you included
+        #[arg(long)]
+        member_limit: Option<u32>,
+    },
+    /// List known rooms
+    List {
+        /// Only rooms you own or have joined
+        #[arg(long)]
+        mine: bool,
+    },
+    /// Show a room with its members and channels
+    Show {
+        /// Room id, or a unique prefix of it
+        room: String,
+    },
+    /// Join a room (or ask to join an invite-only one)
+    Join {
+        /// Room id or unique prefix
+        room: String,
+    },
+    /// Leave a room
+    Leave {
+        /// Room id or unique prefix
+        room: String,
+    },
+    /// Owner: invite, admit, kick or ban a user, or make them a moderator
+    Member {
+        /// Room id or unique prefix
+        room: String,
+        /// The user's id (64 hex digits)
+        user: String,
+        /// What to do
+        #[arg(value_enum)]
+        action: MemberAction,
+    },
+    /// Owner: delete the room
+    Delete {
+        /// Room id or unique prefix
+        room: String,
+    },
+}
+
+/// What an owner does to a member.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum MemberAction {
+    /// Invite to an invite-only room.
+    Invite,
+    /// Admit (join on their behalf).
+    Admit,
+    /// Make a moderator.
+    Promote,
+    /// Remove; they may come back to an open room.
+    Kick,
+    /// Ban.
+    Ban,
+}
+
+/// Channel operations.
+#[derive(Subcommand, Debug)]
+pub enum ChannelAction {
+    /// Owner: create a voice channel
+    Create {
+        /// Room id or unique prefix
+        room: String,
+        /// Channel name
+        name: String,
+        /// Description
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Who may speak or listen, ACTION:WHO, repeatable (default: speak:members, listen:members)
+        #[arg(long = "permission")]
+        permissions: Vec<String>,
+    },
+    /// List a room's channels
+    List {
+        /// Room id or unique prefix
+        room: String,
+    },
+    /// Owner: delete a channel
+    Delete {
+        /// Room id or unique prefix
+        room: String,
+        /// Channel name, id or unique id prefix
+        channel: String,
+    },
+}
+
+/// Log operations.
+#[derive(Subcommand, Debug)]
+pub enum LogAction {
+    /// Add an entry about yourself (you must be a member)
+    Add {
+        /// Room id or unique prefix
+        room: String,
+        /// What happened
+        action: String,
+    },
+    /// List entries, oldest first
+    List {
+        /// Room id or unique prefix
+        room: String,
+        /// From this time (Unix milliseconds)
+        #[arg(long)]
+        since: Option<u64>,
+        /// Up to this time (Unix milliseconds)
+        #[arg(long)]
+        until: Option<u64>,
+        /// Most entries on this page
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Continue after this cursor (the `next` of the previous page)
+        #[arg(long)]
+        after: Option<String>,
+    },
+}
+
+/// Runs the command line; the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes.
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+struct Ctx {
+    dir: DataDir,
+    password_file: Option<PathBuf>,
+    json: bool,
+}
+
+impl Ctx {
+    fn password(&self, confirm: bool) -> Result<zeroize::Zeroizing<String>> {
+        PasswordSource {
+            file: self.password_file.as_deref(),
+            env: "TINCAN_PASSWORD",
+            prompt: "Password: ",
+        }
+        .read(confirm)
+    }
+
+    fn unlock(&self) -> Result<Node> {
+        Node::unlock(self.dir.clone(), &self.password(false)?)
+    }
+
+    fn print(&self, value: serde_json::Value, text: impl FnOnce() -> String) {
+        let mut out = std::io::stdout().lock();
+        let _ = if self.json {
+            writeln!(out, "{value}")
+        } else {
+            writeln!(out, "{}", text())
+        };
+    }
+}
+
+/// Runs one parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    let root = match cli.data_dir {
+        Some(d) => d,
+        None => node::default_data_dir()?,
+    };
+    let ctx = Ctx {
+        dir: DataDir::create(root)?,
+        password_file: cli.password_file,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Init { username } => {
+            sign_up(&ctx, username)?;
+            show_identity(&ctx, &ctx.dir.load_identity()?)
+        }
+        Command::Up { username } => up(&ctx, username),
+        Command::Id { action } => id_command(&ctx, action.unwrap_or(IdAction::Show)),
+        Command::Room { action } => room_command(&ctx, action),
+        Command::Channel { action } => channel_command(&ctx, action),
+        Command::Log { action } => log_command(&ctx, action),
+        Command::Export { out } => export(&ctx, out.as_deref()),
+        Command::Import { file } => import(&ctx, &file),
+    }
+}
+
+fn sign_up(ctx: &Ctx, username: Option<String>) -> Result<Identity> {
+    if ctx.dir.has_identity() {
+        bail!(
+            "an identity already exists in {}: use it, or choose another --data-dir",
+            ctx.dir.root().display()
+        );
+    }
+    let username = match username {
+        Some(u) => u,
+        None => prompt_line("Username: ")?,
+    };
+    let password = ctx.password(true)?;
+    node::init(&ctx.dir, username.trim(), &password, KdfParams::RECOMMENDED)
+}
+
+fn prompt_line(prompt: &str) -> Result<String> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        bail!("a username is needed: pass --username or set TINCAN_USERNAME");
+    }
+    eprint!("{prompt}");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim().to_owned())
+}
+
+fn up(ctx: &Ctx, username: Option<String>) -> Result<()> {
+    if !ctx.dir.has_identity() {
+        eprintln!(
+            "No identity in {} yet: signing up.",
+            ctx.dir.root().display()
+        );
+        sign_up(ctx, username)?;
+    }
+    let node = ctx.unlock()?;
+    let rooms = node.store.rooms_of_user(&node.user_key().id())?;
+    let all_rooms = node.store.rooms()?.len();
+    let uid = node.user_key().id();
+    let peer = node
+        .identity
+        .node_key
+        .as_ref()
+        .map(|k| k.id().peer_id())
+        .unwrap_or_default();
+    ctx.print(
+        json!({
+            "username": node.identity.username,
+            "user_id": uid.to_hex(),
+            "fingerprint": uid.fingerprint().to_string(),
+            "peer_id": peer,
+            "data_dir": node.dir.root(),
+            "rooms_known": all_rooms,
+            "my_rooms": rooms.iter().map(|r| r.id.to_hex()).collect::<Vec<_>>(),
+            "mesh": "not in this build",
+        }),
+        || {
+            let mut s = format!(
+                "tincan node up (offline)\n  user      {} [{}]\n  user id   {}\n  node id   {}\n  data dir  {}\n  rooms     {} known, {} yours",
+                node.identity.username,
+                uid.fingerprint(),
+                uid.to_hex(),
+                peer,
+                node.dir.root().display(),
+                all_rooms,
+                rooms.len()
+            );
+            for r in &rooms {
+                s.push_str(&format!("\n    {}  {}", r.id, r.room.title));
+            }
+            s.push_str("\nThis build has no mesh yet: it keeps rooms, channels and logs locally; LAN discovery and gossip come next.");
+            s
+        },
+    );
+    Ok(())
+}
+
+fn show_identity(ctx: &Ctx, sealed: &SealedIdentity) -> Result<()> {
+    let uid = sealed.user_id()?;
+    ctx.print(
+        json!({
+            "username": sealed.username,
+            "user_id": uid.to_hex(),
+            "fingerprint": uid.fingerprint().to_string(),
+            "node_id": sealed.node_peer_id,
+        }),
+        || {
+            format!(
+                "username     {}\nuser id      {}\nfingerprint  {}\nnode id      {}",
+                sealed.username,
+                uid.to_hex(),
+                uid.fingerprint(),
+                sealed.node_peer_id.as_deref().unwrap_or("(none)")
+            )
+        },
+    );
+    Ok(())
+}
+
+fn export_password(file: Option<&Path>, confirm: bool) -> Result<zeroize::Zeroizing<String>> {
+    PasswordSource {
+        file,
+        env: "TINCAN_EXPORT_PASSWORD",
+        prompt: "Export password: ",
+    }
+    .read(confirm)
+}
+
+fn id_command(ctx: &Ctx, action: IdAction) -> Result<()> {
+    match action {
+        IdAction::Show => show_identity(ctx, &ctx.dir.load_identity()?),
+        IdAction::Export {
+            out,
+            with_node_key,
+            export_password_file,
+        } => {
+            let sealed = ctx.dir.load_identity()?;
+            let mut identity = sealed.open(ctx.password(false)?.as_bytes())?;
+            if !with_node_key {
+                identity.node_key = None;
+            }
+            let pw = export_password(export_password_file.as_deref(), true)?;
+            let export = SealedIdentity::seal(&identity, pw.as_bytes(), KdfParams::RECOMMENDED)?;
+            tincan_store::datadir::write_atomic(&out, export.to_json().as_bytes())?;
+            ctx.print(json!({"exported": out}), || {
+                format!(
+                    "identity of {} written to {} ({})",
+                    identity.username,
+                    out.display(),
+                    if with_node_key {
+                        "with this device's node key"
+                    } else {
+                        "for a second device"
+                    }
+                )
+            });
+            Ok(())
+        }
+        IdAction::Import {
+            file,
+            export_password_file,
+        } => {
+            if ctx.dir.has_identity() {
+                bail!(
+                    "an identity already exists in {}: import into a new --data-dir",
+                    ctx.dir.root().display()
+                );
+            }
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let sealed = SealedIdentity::from_json(&text)?;
+            let pw = export_password(export_password_file.as_deref(), false)?;
+            let mut identity = sealed.open(pw.as_bytes())?;
+            if identity.node_key.is_none() {
+                identity.node_key = Some(NodeKey::generate()?);
+            }
+            let local = ctx.password(true)?;
+            let resealed =
+                SealedIdentity::seal(&identity, local.as_bytes(), KdfParams::RECOMMENDED)?;
+            ctx.dir.create_identity(&resealed)?;
+            node::open_store(&ctx.dir)?;
+            show_identity(ctx, &resealed)
+        }
+        IdAction::Passwd { new_password_file } => {
+            let sealed = ctx.dir.load_identity()?;
+            let identity = sealed.open(ctx.password(false)?.as_bytes())?;
+            let new = PasswordSource {
+                file: new_password_file.as_deref(),
+                env: "TINCAN_NEW_PASSWORD",
+                prompt: "New password: ",
+            }
+            .read(true)?;
+            let resealed = SealedIdentity::seal(&identity, new.as_bytes(), sealed.kdf)?;
+            ctx.dir.save_identity(&resealed)?;
+            ctx.print(json!({"changed": true}), || "password changed".into());
+            Ok(())
+        }
+    }
+}
+
+/// Finds a room by full id or unique prefix among known rooms.
+fn resolve_room(store: &Store, text: &str) -> Result<RoomView> {
+    let text = text.trim().to_ascii_lowercase();
+    if let Ok(id) = RoomId::from_hex(&text) {
+        return store
+            .room(&id)?
+            .ok_or_else(|| anyhow!("no room {id} is known here (deleted, or not received yet)"));
+    }
+    if text.is_empty() || !text.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("{text:?} is not a room id: use the hex id that `tincan room list` shows");
+    }
+    let matches: Vec<RoomView> = store
+        .rooms()?
+        .into_iter()
+        .filter(|r| r.id.to_hex().starts_with(&text))
+        .collect();
+    match matches.len() {
+        0 => bail!("no known room id starts with {text}"),
+        1 => Ok(matches.into_iter().next().expect("one element")),
+        n => bail!("{n} rooms start with {text}: give more digits"),
+    }
+}
+
+fn room_json(r: &RoomView) -> serde_json::Value {
+    json!({
+        "id": r.id.to_hex(),
+        "title": r.room.title,
+        "owner": r.owner.to_hex(),
+        "owner_fingerprint": r.owner.fingerprint().to_string(),
+        "join_policy": match r.room.settings.join_policy { JoinPolicy::Open => "open", JoinPolicy::Invite => "invite" },
+        "member_limit": r.room.settings.member_limit,
+        "updated_ms": r.hlc.physical_ms(),
+    })
+}
+
+fn outcome(a: &Applied) -> &'static str {
+    match a {
+        Applied::Stored => "stored",
+        Applied::StoredHidden(_) => "stored, hidden",
+        Applied::Duplicate => "duplicate",
+        Applied::Superseded => "superseded",
+        Applied::Pending(_) => "pending",
+        _ => "other",
+    }
+}
+
+fn room_command(ctx: &Ctx, action: RoomAction) -> Result<()> {
+    match action {
+        RoomAction::Create {
+            title,
+            invite_only,
+            member_limit,
+        } => {
+            let mut node = ctx.unlock()?;
+            let nonce: [u8; 16] = {
+                let mut n = [0u8; 16];
+                getrandom::fill(&mut n).map_err(|e| anyhow!("no randomness: {e}"))?;
+                n
+            };
+            let settings = RoomSettings {
+                join_policy: if invite_only {
+                    JoinPolicy::Invite
+                } else {
+                    JoinPolicy::Open
+                },
+                member_limit,
+            };
+            let hlc = node.now()?;
+            let (id, rec) = make::room(node.user_key(), hlc, nonce, &title, settings)?;
+            node.write(rec)?;
+            let view = node
+                .store
+                .room(&id)?
+                .ok_or_else(|| anyhow!("room vanished after writing"))?;
+            ctx.print(room_json(&view), || format!("created room {id}  {title}"));
+            Ok(())
+        }
+        RoomAction::List { mine } => {
+            let store;
+            let rooms = if mine {
+                let node = ctx.unlock()?;
+                node.store.rooms_of_user(&node.user_key().id())?
+            } else {
+                store = node::open_store(&ctx.dir)?;
+                store.rooms()?
+            };
+            ctx.print(
+                json!(rooms.iter().map(room_json).collect::<Vec<_>>()),
+                || {
+                    if rooms.is_empty() {
+                        return "no rooms known".into();
+                    }
+                    rooms
+                        .iter()
+                        .map(|r| {
+                            format!(
+                                "{}  {}  (owner {})",
+                                r.id,
+                                r.room.title,
+                                r.owner.fingerprint()
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            );
+            Ok(())
+        }
+        RoomAction::Show { room } => {
+            let store = node::open_store(&ctx.dir)?;
+            let r = resolve_room(&store, &room)?;
+            let members = store.members(&r.id)?;
+            let channels = store.channels(&r.id)?;
+            let names: std::collections::HashMap<_, _> = store
+                .profiles()?
+                .into_iter()
+                .map(|p| (p.profile.user, p.profile.username))
+                .collect();
+            let name =
+                |u: &tincan_core::UserId| names.get(u).cloned().unwrap_or_else(|| "?".into());
+            let mut v = room_json(&r);
+            v["members"] = json!(members.iter().map(|m| json!({
+                "user": m.user.to_hex(), "username": name(&m.user), "state": m.membership.as_str(),
+                "moderator": m.membership == tincan_core::merge::Membership::Joined(MemberRole::Moderator), "owner": m.is_owner,
+            })).collect::<Vec<_>>());
+            v["channels"] = json!(channels.iter().map(|c| json!({
+                "id": c.channel.id.to_hex(), "name": c.channel.name, "description": c.channel.description, "permissions": c.channel.permissions,
+            })).collect::<Vec<_>>());
+            ctx.print(v, || {
+                let mut s = format!(
+                    "{}  {}\n  owner    {} [{}]\n  joining  {}{}\n  members",
+                    r.id,
+                    r.room.title,
+                    name(&r.owner),
+                    r.owner.fingerprint(),
+                    match r.room.settings.join_policy {
+                        JoinPolicy::Open => "open",
+                        JoinPolicy::Invite => "invite only",
+                    },
+                    r.room
+                        .settings
+                        .member_limit
+                        .map(|l| format!(", at most {l}"))
+                        .unwrap_or_default(),
+                );
+                for m in &members {
+                    s.push_str(&format!(
+                        "\n    {} [{}] {}{}",
+                        name(&m.user),
+                        m.user.fingerprint(),
+                        m.membership.as_str(),
+                        if m.is_owner { " (owner)" } else { "" }
+                    ));
+                }
+                s.push_str("\n  channels");
+                for c in &channels {
+                    s.push_str(&format!(
+                        "\n    {}  {}  {}",
+                        c.channel.id,
+                        c.channel.name,
+                        c.channel.permissions.join(",")
+                    ));
+                }
+                s
+            });
+            Ok(())
+        }
+        RoomAction::Join { room } => self_membership(ctx, &room, MemberState::Joined),
+        RoomAction::Leave { room } => self_membership(ctx, &room, MemberState::Left),
+        RoomAction::Member { room, user, action } => {
+            let mut node = ctx.unlock()?;
+            let r = resolve_room(&node.store, &room)?;
+            let user = tincan_core::UserId::from_hex(&user)?;
+            let (role, state) = match action {
+                MemberAction::Invite => (MemberRole::Participant, MemberState::Invited),
+                MemberAction::Admit => (MemberRole::Participant, MemberState::Joined),
+                MemberAction::Promote => (MemberRole::Moderator, MemberState::Joined),
+                MemberAction::Kick => (MemberRole::Participant, MemberState::Kicked),
+                MemberAction::Ban => (MemberRole::Participant, MemberState::Banned),
+            };
+            let hlc = node.now()?;
+            let rec = make::member(node.user_key(), hlc, r.id, user, role, state)?;
+            node.write(rec)?;
+            let m = node.store.membership(&r.id, &user)?;
+            ctx.print(
+                json!({"room": r.id.to_hex(), "user": user.to_hex(), "state": m.as_str()}),
+                || {
+                    format!(
+                        "{} is now {} in {}",
+                        user.fingerprint(),
+                        m.as_str(),
+                        r.room.title
+                    )
+                },
+            );
+            Ok(())
+        }
+        RoomAction::Delete { room } => {
+            let mut node = ctx.unlock()?;
+            let r = resolve_room(&node.store, &room)?;
+            if r.owner != node.user_key().id() {
+                bail!("refused: only the owner may delete room {}", r.id);
+            }
+            let hlc = node.now()?;
+            node.write(make::delete_room(node.user_key(), hlc, r.room.nonce)?)?;
+            ctx.print(json!({"deleted": r.id.to_hex()}), || {
+                format!("deleted room {}", r.id)
+            });
+            Ok(())
+        }
+    }
+}
+
+fn self_membership(ctx: &Ctx, room: &str, state: MemberState) -> Result<()> {
+    let mut node = ctx.unlock()?;
+    let r = resolve_room(&node.store, room)?;
+    let me = node.user_key().id();
+    if r.owner == me {
+        bail!("you own {}: owners are always members", r.id);
+    }
+    let hlc = node.now()?;
+    let rec = make::member(
+        node.user_key(),
+        hlc,
+        r.id,
+        me,
+        MemberRole::Participant,
+        state,
+    )?;
+    node.write(rec)?;
+    let m = node.store.membership(&r.id, &me)?;
+    ctx.print(json!({"room": r.id.to_hex(), "state": m.as_str()}), || {
+        let note = if m == tincan_core::merge::Membership::Requested {
+            " (invite-only or full: the owner must admit you)"
+        } else {
+            ""
+        };
+        format!("{}: {}{}", r.room.title, m.as_str(), note)
+    });
+    Ok(())
+}
+
+fn resolve_channel(store: &Store, room: &RoomId, text: &str) -> Result<tincan_store::ChannelView> {
+    let channels = store.channels(room)?;
+    let lower = text.to_ascii_lowercase();
+    let by_name: Vec<_> = channels.iter().filter(|c| c.channel.name == text).collect();
+    if by_name.len() == 1 {
+        return Ok(by_name[0].clone());
+    }
+    let by_id: Vec<_> = channels
+        .iter()
+        .filter(|c| !lower.is_empty() && c.channel.id.to_hex().starts_with(&lower))
+        .collect();
+    match (by_name.len(), by_id.len()) {
+        (_, 1) => Ok(by_id[0].clone()),
+        (n, _) if n > 1 => bail!("{n} channels are named {text:?}: use the channel id"),
+        (_, 0) => bail!("no channel {text:?} in room {room}"),
+        (_, n) => bail!("{n} channel ids start with {text}: give more digits"),
+    }
+}
+
+fn channel_command(ctx: &Ctx, action: ChannelAction) -> Result<()> {
+    match action {
+        ChannelAction::Create {
+            room,
+            name,
+            description,
+            permissions: perms,
+        } => {
+            let mut node = ctx.unlock()?;
+            let r = resolve_room(&node.store, &room)?;
+            let perms = if perms.is_empty() {
+                permissions::default_permissions()
+            } else {
+                perms
+            };
+            let id = ChannelId::random()?;
+            let hlc = node.now()?;
+            let rec = make::channel(node.user_key(), hlc, r.id, id, &name, &description, perms)?;
+            node.write(rec)?;
+            ctx.print(
+                json!({"room": r.id.to_hex(), "channel": id.to_hex(), "name": name}),
+                || format!("created channel {id}  {name} in {}", r.room.title),
+            );
+            Ok(())
+        }
+        ChannelAction::List { room } => {
+            let store = node::open_store(&ctx.dir)?;
+            let r = resolve_room(&store, &room)?;
+            let channels = store.channels(&r.id)?;
+            ctx.print(
+                json!(channels.iter().map(|c| json!({"id": c.channel.id.to_hex(), "name": c.channel.name, "description": c.channel.description, "permissions": c.channel.permissions})).collect::<Vec<_>>()),
+                || {
+                    if channels.is_empty() {
+                        return format!("no channels in {}", r.room.title);
+                    }
+                    channels
+                        .iter()
+                        .map(|c| format!("{}  {}  {}", c.channel.id, c.channel.name, c.channel.description))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            );
+            Ok(())
+        }
+        ChannelAction::Delete { room, channel } => {
+            let mut node = ctx.unlock()?;
+            let r = resolve_room(&node.store, &room)?;
+            let c = resolve_channel(&node.store, &r.id, &channel)?;
+            let hlc = node.now()?;
+            node.write(make::delete_channel(
+                node.user_key(),
+                hlc,
+                r.id,
+                c.channel.id,
+            )?)?;
+            ctx.print(json!({"deleted": c.channel.id.to_hex()}), || {
+                format!("deleted channel {}  {}", c.channel.id, c.channel.name)
+            });
+            Ok(())
+        }
+    }
+}
+
+fn log_command(ctx: &Ctx, action: LogAction) -> Result<()> {
+    match action {
+        LogAction::Add { room, action } => {
+            let mut node = ctx.unlock()?;
+            let r = resolve_room(&node.store, &room)?;
+            let me = node.user_key().id();
+            // Refuse here rather than leave an entry nobody will see.
+            if r.owner != me && !node.store.membership(&r.id, &me)?.is_member() {
+                bail!(
+                    "refused: you are not a member of {}: `tincan room join {}` first",
+                    r.room.title,
+                    r.id
+                );
+            }
+            let hlc = node.now()?;
+            let rec = make::log(node.user_key(), hlc, r.id, &action)?;
+            let id = rec.id();
+            let a = node.write(rec)?;
+            ctx.print(json!({"id": id.to_hex(), "outcome": outcome(&a)}), || {
+                format!("logged {id}")
+            });
+            Ok(())
+        }
+        LogAction::List {
+            room,
+            since,
+            until,
+            limit,
+            after,
+        } => {
+            let store = node::open_store(&ctx.dir)?;
+            let r = resolve_room(&store, &room)?;
+            let after = after
+                .map(|c| c.parse())
+                .transpose()
+                .map_err(|e: String| anyhow!(e))?;
+            let from = since.map(|ms| Hlc::new(ms, 0)).unwrap_or(Hlc::ZERO);
+            let to = until.map(|ms| Hlc::new(ms, u16::MAX)).unwrap_or(Hlc::MAX);
+            let page = store.log(&r.id, from, to, after, limit.clamp(1, 10_000))?;
+            let names: std::collections::HashMap<_, _> = store
+                .profiles()?
+                .into_iter()
+                .map(|p| (p.profile.user, p.profile.username))
+                .collect();
+            ctx.print(
+                json!({
+                    "entries": page.entries.iter().map(|e| json!({"id": e.id.to_hex(), "user": e.user.to_hex(), "action": e.action, "time_ms": e.hlc.physical_ms()})).collect::<Vec<_>>(),
+                    "next": page.next.map(|c| c.to_string()),
+                }),
+                || {
+                    let mut lines: Vec<String> = page
+                        .entries
+                        .iter()
+                        .map(|e| format!("{}  {} [{}]  {}", e.hlc.physical_ms(), names.get(&e.user).map(String::as_str).unwrap_or("?"), e.user.fingerprint(), e.action))
+                        .collect();
+                    if let Some(c) = page.next {
+                        lines.push(format!("(more: --after {c})"));
+                    }
+                    if lines.is_empty() {
+                        lines.push("no entries".into());
+                    }
+                    lines.join("\n")
+                },
+            );
+            Ok(())
+        }
+    }
+}
+
+fn export(ctx: &Ctx, out: Option<&Path>) -> Result<()> {
+    let store = node::open_store(&ctx.dir)?;
+    let records = store.records_in_dependency_order()?;
+    let text = serde_json::to_string_pretty(&Bundle::new(&records))?;
+    match out {
+        Some(path) => {
+            tincan_store::datadir::write_atomic(path, text.as_bytes())?;
+            eprintln!("exported {} records to {}", records.len(), path.display());
+        }
+        None => println!("{text}"),
+    }
+    Ok(())
+}
+
+fn import(ctx: &Ctx, file: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let bundle = Bundle::parse(&text)?;
+    let store = node::open_store(&ctx.dir)?;
+    let mut refused: Vec<String> = Vec::new();
+    let mut decoded = Vec::new();
+    for (i, w) in bundle.wire().into_iter().enumerate() {
+        match w
+            .map_err(|e| e.to_string())
+            .and_then(|b| UnverifiedRecord::decode(&b).map_err(|e| e.to_string()))
+        {
+            Ok(u) => decoded.push((i, u)),
+            Err(e) => refused.push(format!("record {i}: {e}")),
+        }
+    }
+    let (idx, unverified): (Vec<usize>, Vec<UnverifiedRecord>) = decoded.into_iter().unzip();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut verified = Vec::new();
+    for (i, r) in idx
+        .into_iter()
+        .zip(tincan_core::record::verify_batch(unverified, threads))
+    {
+        match r {
+            Ok(s) => verified.push((i, s)),
+            Err(e) => refused.push(format!("record {i}: {e}")),
+        }
+    }
+    let mut counts: std::collections::BTreeMap<&'static str, usize> = Default::default();
+    for chunk in verified.chunks(1000) {
+        let (is, recs): (Vec<usize>, Vec<_>) = chunk.iter().cloned().unzip();
+        for (i, r) in is.into_iter().zip(store.apply_batch(recs)?) {
+            match r {
+                Ok(a) => *counts.entry(outcome(&a)).or_default() += 1,
+                Err(e) => refused.push(format!("record {i}: {e}")),
+            }
+        }
+    }
+    refused.sort_by_key(|s| {
+        s.split(':')
+            .next()
+            .and_then(|n| n.trim_start_matches("record ").parse::<usize>().ok())
+    });
+    ctx.print(json!({"outcomes": counts, "refused": refused}), || {
+        let mut s = format!("{} records in {}:", bundle.records.len(), file.display());
+        for (k, n) in &counts {
+            s.push_str(&format!(" {n} {k},"));
+        }
+        s.push_str(&format!(" {} refused", refused.len()));
+        for r in &refused {
+            s.push_str(&format!("\n  refused {r}"));
+        }
+        s
+    });
+    Ok(())
+}

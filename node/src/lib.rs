@@ -1,0 +1,8 @@
+//! The tincan node: command line, configuration and wiring of the libraries.
+//! `main.rs` is a thin wrapper so that all of this is testable in-process.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod bundle;
+pub mod cli;
+pub mod node;
+pub mod password;

@@ -1,0 +1,117 @@
+//! A node's local state: its data directory, its unlocked identity, its store
+//! and its clock. Commands that write sign with the user key and apply to the
+//! store like any record from a peer, so the same rules hold for both.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use tincan_core::keystore::{Identity, KdfParams, SealedIdentity};
+use tincan_core::{Hlc, HlcClock, NodeKey, SignedRecord, UserKey};
+use tincan_store::datadir::DataDir;
+use tincan_store::{Applied, ApplyError, Store, StoreConfig};
+
+/// How far ahead of our wall clock a record's time may pull our clock.
+/// Without a cap one peer with a clock set to next year would drag every
+/// later write of ours there.
+const MAX_CLOCK_PULL_MS: u64 = 5 * 60 * 1000;
+
+/// Milliseconds since the Unix epoch.
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The default data directory: `$XDG_DATA_HOME/tincan` (usually
+/// `~/.local/share/tincan`).
+pub fn default_data_dir() -> Result<PathBuf> {
+    directories::ProjectDirs::from("", "", "tincan")
+        .map(|d| d.data_dir().to_path_buf())
+        .ok_or_else(|| anyhow!("no home directory to put the data in: pass --data-dir"))
+}
+
+/// Creates a new identity in `dir` and writes the user's profile.
+pub fn init(dir: &DataDir, username: &str, password: &str, kdf: KdfParams) -> Result<Identity> {
+    if dir.has_identity() {
+        bail!(
+            "an identity already exists in {}: use it, or choose another --data-dir",
+            dir.root().display()
+        );
+    }
+    let identity = Identity {
+        username: username.to_owned(),
+        user_key: UserKey::generate()?,
+        node_key: Some(NodeKey::generate()?),
+    };
+    // Check the name against the rules before anything is written.
+    let profile = tincan_core::make::profile(&identity.user_key, Hlc::new(wall_ms(), 0), username)?;
+    tincan_core::rules::check_standalone(profile.record())
+        .map_err(|e| anyhow!("cannot use that username: {e}"))?;
+    let sealed = SealedIdentity::seal(&identity, password.as_bytes(), kdf)?;
+    dir.create_identity(&sealed)?;
+    let store = open_store(dir)?;
+    store.apply(profile).context("cannot write the profile")?;
+    Ok(identity)
+}
+
+/// Opens the store in `dir`.
+pub fn open_store(dir: &DataDir) -> Result<Store> {
+    Ok(Store::open(dir.store_path(), StoreConfig::default())?)
+}
+
+/// An unlocked node with its store open.
+pub struct Node {
+    /// The data directory.
+    pub dir: DataDir,
+    /// The unlocked identity.
+    pub identity: Identity,
+    /// The store.
+    pub store: Store,
+    clock: HlcClock,
+}
+
+impl Node {
+    /// Unlocks the identity in `dir` with `password` and opens the store.
+    pub fn unlock(dir: DataDir, password: &str) -> Result<Node> {
+        let sealed = dir.load_identity()?;
+        let identity = sealed.open(password.as_bytes())?;
+        if identity.node_key.is_none() {
+            bail!(
+                "the identity in {} has no node key: import it again with `tincan id import`",
+                dir.root().display()
+            );
+        }
+        let store = open_store(&dir)?;
+        Ok(Node {
+            dir,
+            identity,
+            store,
+            clock: HlcClock::new(),
+        })
+    }
+
+    /// The user key.
+    pub fn user_key(&self) -> &UserKey {
+        &self.identity.user_key
+    }
+
+    /// A timestamp after everything this node has written or stored.
+    pub fn now(&mut self) -> Result<Hlc> {
+        let wall = wall_ms();
+        let seen = self.store.hlc_high()?;
+        let cap = Hlc::new(wall + MAX_CLOCK_PULL_MS, 0);
+        self.clock.observe(seen.min(cap));
+        Ok(self.clock.now(wall))
+    }
+
+    /// Applies a record we signed; a refusal is an error in the rules' words.
+    pub fn write(&self, record: SignedRecord) -> Result<Applied> {
+        match self.store.apply(record) {
+            Ok(a) => Ok(a),
+            Err(ApplyError::Rejected(e)) => Err(anyhow!("refused: {e}")),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
