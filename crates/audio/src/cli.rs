@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::capture::GateMode;
-use crate::codec::FrameDuration;
+use crate::codec::{Bandwidth, FrameDuration, Redundancy};
 use crate::netem::LossModel;
 use crate::offline::OfflineConfig;
 
@@ -55,6 +55,17 @@ pub struct TestArgs {
     /// Opus complexity (0 to 10).
     #[arg(long, default_value_t = 5)]
     pub complexity: u8,
+    /// Widest band sent: nb, mb, wb, swb or fb.
+    #[arg(long, default_value = "fb", value_parser = parse_bandwidth)]
+    pub bandwidth: Bandwidth,
+    /// Keep the full band under loss (by default the encoder narrows to
+    /// wideband while loss is reported, where libopus has room for FEC).
+    #[arg(long)]
+    pub keep_band_under_loss: bool,
+    /// Redundancy (each packet repeats the previous frame): off, always, or
+    /// the loss in percent from which it turns on.
+    #[arg(long, default_value = "2", value_parser = parse_redundancy)]
+    pub redundancy: Redundancy,
     /// Turn in-band FEC off.
     #[arg(long)]
     pub no_fec: bool,
@@ -97,6 +108,28 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(value * scale))
 }
 
+fn parse_bandwidth(text: &str) -> Result<Bandwidth, String> {
+    match text {
+        "nb" => Ok(Bandwidth::Narrowband),
+        "mb" => Ok(Bandwidth::Mediumband),
+        "wb" => Ok(Bandwidth::Wideband),
+        "swb" => Ok(Bandwidth::Superwideband),
+        "fb" => Ok(Bandwidth::Fullband),
+        other => Err(format!("{other:?} is not one of nb, mb, wb, swb, fb")),
+    }
+}
+
+fn parse_redundancy(text: &str) -> Result<Redundancy, String> {
+    match text {
+        "off" => Ok(Redundancy::Off),
+        "always" => Ok(Redundancy::Always),
+        percent => percent
+            .parse()
+            .map(|min_loss_percent| Redundancy::UnderLoss { min_loss_percent })
+            .map_err(|_| format!("{percent:?} is not off, always or a loss percentage")),
+    }
+}
+
 fn parse_frame(text: &str) -> Result<FrameDuration, String> {
     let d = parse_duration(text)?;
     FrameDuration::from_millis(d.as_millis() as u64)
@@ -117,6 +150,11 @@ impl TestArgs {
         config.encoder.complexity = self.complexity;
         config.encoder.fec = !self.no_fec;
         config.encoder.dtx = self.dtx;
+        config.encoder.max_bandwidth = self.bandwidth;
+        config.encoder.redundancy = self.redundancy;
+        if self.keep_band_under_loss {
+            config.encoder.max_bandwidth_under_loss = None;
+        }
         config.capture.denoise = self.denoise;
         if self.vad {
             config.capture.gate = GateMode::VoiceActivity;

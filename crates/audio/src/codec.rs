@@ -60,6 +60,58 @@ impl FrameDuration {
     }
 }
 
+/// The widest audio band the encoder may send.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Bandwidth {
+    /// 4 kHz.
+    Narrowband,
+    /// 6 kHz.
+    Mediumband,
+    /// 8 kHz: telephone wideband, all SILK, where FEC is cheapest.
+    Wideband,
+    /// 12 kHz.
+    Superwideband,
+    /// 20 kHz.
+    #[default]
+    Fullband,
+}
+
+impl Bandwidth {
+    fn to_opus(self) -> opus::Bandwidth {
+        match self {
+            Bandwidth::Narrowband => opus::Bandwidth::Narrowband,
+            Bandwidth::Mediumband => opus::Bandwidth::Mediumband,
+            Bandwidth::Wideband => opus::Bandwidth::Wideband,
+            Bandwidth::Superwideband => opus::Bandwidth::Superwideband,
+            Bandwidth::Fullband => opus::Bandwidth::Fullband,
+        }
+    }
+}
+
+/// When packets also carry a copy of the previous frame (as RTP's RED does),
+/// so that a single lost packet costs nothing: the next one brings it again.
+/// It doubles the bitrate while on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Redundancy {
+    /// Never.
+    Off,
+    /// While the receivers report at least this much loss, in percent.
+    UnderLoss {
+        /// The loss that turns it on.
+        min_loss_percent: u8,
+    },
+    /// Always.
+    Always,
+}
+
+impl Default for Redundancy {
+    fn default() -> Self {
+        Redundancy::UnderLoss {
+            min_loss_percent: 2,
+        }
+    }
+}
+
 /// How a speaker's voice is encoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EncoderConfig {
@@ -77,6 +129,13 @@ pub struct EncoderConfig {
     pub complexity: u8,
     /// Loss the receivers report, in percent (0 to 100). Tunes the FEC.
     pub expected_loss_percent: u8,
+    /// The widest band sent.
+    pub max_bandwidth: Bandwidth,
+    /// While loss is reported, send at most this band. At 32 kbps libopus only
+    /// finds room for FEC in wideband; `None` leaves the band alone.
+    pub max_bandwidth_under_loss: Option<Bandwidth>,
+    /// Whether packets repeat the previous frame.
+    pub redundancy: Redundancy,
 }
 
 impl Default for EncoderConfig {
@@ -88,6 +147,9 @@ impl Default for EncoderConfig {
             dtx: false,
             complexity: 5,
             expected_loss_percent: 0,
+            max_bandwidth: Bandwidth::Fullband,
+            max_bandwidth_under_loss: Some(Bandwidth::Wideband),
+            redundancy: Redundancy::default(),
         }
     }
 }
@@ -134,6 +196,9 @@ pub struct VoicePacket {
     pub timestamp: u32,
     /// The Opus packet.
     pub payload: Vec<u8>,
+    /// The previous frame's Opus packet again (sequence - 1, ending where this
+    /// one starts), when redundancy is on.
+    pub redundant: Option<Vec<u8>>,
 }
 
 /// A speaker's Opus encoder, which numbers and timestamps its packets.
@@ -143,6 +208,8 @@ pub struct Encoder {
     next_sequence: u32,
     next_timestamp: u32,
     scratch: Box<[u8; MAX_PACKET_BYTES]>,
+    /// The last frame's packet, if it was sent.
+    previous: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -167,6 +234,7 @@ impl Encoder {
             next_sequence: 0,
             next_timestamp: 0,
             scratch: Box::new([0; MAX_PACKET_BYTES]),
+            previous: None,
         };
         let configure = |setting, result: opus::Result<()>| {
             result.map_err(|source| EncoderError::Configure { setting, source })
@@ -183,12 +251,7 @@ impl Encoder {
         )?;
         configure("fec", encoder.inner.set_inband_fec(config.fec))?;
         configure("dtx", encoder.inner.set_dtx(config.dtx))?;
-        configure(
-            "expected_loss_percent",
-            encoder
-                .inner
-                .set_packet_loss_perc(i32::from(config.expected_loss_percent)),
-        )?;
+        encoder.set_expected_loss(config.expected_loss_percent)?;
         // Voice, always: keeps libopus in SILK/hybrid mode, where FEC exists.
         configure("signal", encoder.inner.set_signal(opus::Signal::Voice))?;
         Ok(encoder)
@@ -225,23 +288,44 @@ impl Encoder {
         // libopus signals "nothing worth sending" in DTX with packets of at most
         // two bytes (a bare table-of-contents byte).
         if self.config.dtx && len <= 2 {
+            self.previous = None;
             return Ok(None);
         }
         let sequence = self.next_sequence;
         self.next_sequence = self.next_sequence.wrapping_add(1);
+        let payload = self.scratch[..len].to_vec();
+        let redundant = if self.redundancy_on() {
+            self.previous.replace(payload.clone())
+        } else {
+            self.previous = Some(payload.clone());
+            None
+        };
         Ok(Some(VoicePacket {
             sequence,
             timestamp,
-            payload: self.scratch[..len].to_vec(),
+            payload,
+            redundant,
         }))
     }
 
     /// Lets one frame pass unsent (the voice gate is closed): the timestamp
     /// advances, the sequence number does not.
     pub fn skip_frame(&mut self) {
+        self.previous = None;
         self.next_timestamp = self
             .next_timestamp
             .wrapping_add(self.config.frame.samples() as u32);
+    }
+
+    /// Whether packets carry the previous frame now.
+    pub fn redundancy_on(&self) -> bool {
+        match self.config.redundancy {
+            Redundancy::Off => false,
+            Redundancy::Always => true,
+            Redundancy::UnderLoss { min_loss_percent } => {
+                self.config.expected_loss_percent >= min_loss_percent.max(1)
+            }
+        }
     }
 
     /// Tells the encoder how much loss the receivers report, so that it spends
@@ -252,6 +336,16 @@ impl Encoder {
             .set_packet_loss_perc(i32::from(percent))
             .map_err(|source| EncoderError::Configure {
                 setting: "expected_loss_percent",
+                source,
+            })?;
+        let band = match self.config.max_bandwidth_under_loss {
+            Some(band) if percent > 0 && self.config.fec => band.min(self.config.max_bandwidth),
+            _ => self.config.max_bandwidth,
+        };
+        self.inner
+            .set_max_bandwidth(band.to_opus())
+            .map_err(|source| EncoderError::Configure {
+                setting: "max_bandwidth",
                 source,
             })?;
         self.config.expected_loss_percent = percent;
@@ -369,6 +463,13 @@ mod tests {
         let second = encoder.encode(&frame).unwrap().unwrap();
         assert_eq!((first.sequence, first.timestamp), (0, 0));
         assert_eq!((second.sequence, second.timestamp), (1, 960));
+        assert!(second.redundant.is_none());
+        encoder.set_expected_loss(5).unwrap();
+        let third = encoder.encode(&frame).unwrap().unwrap();
+        let fourth = encoder.encode(&frame).unwrap().unwrap();
+        assert_eq!(fourth.redundant.as_ref(), Some(&third.payload));
+        encoder.skip_frame();
+        assert!(encoder.encode(&frame).unwrap().unwrap().redundant.is_none());
     }
 
     #[test]

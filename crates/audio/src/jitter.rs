@@ -12,10 +12,14 @@
 //! the target delay is a high quantile of how much later than that packets
 //! arrive, floored at one frame and capped by [`JitterConfig::max_delay`]. The
 //! current delay is how far behind the fastest path the playout runs. When it
-//! is a frame above the target, a frame is dropped; a frame below, a frame of
-//! concealment is inserted. Both wait for a quiet moment (see
-//! [`JitterBuffer::set_quiet`]) or a slot with nothing in it, unless the error
-//! is large, so speech is rarely cut.
+//! is more than half a frame above the target, a frame is dropped; half a
+//! frame below, a frame of concealment is inserted. Both wait for a quiet
+//! moment (see [`JitterBuffer::set_quiet`]) unless the error passes two frames,
+//! so speech is rarely cut; an insert may also take an empty slot, where it
+//! gives a late packet time to arrive. (No time-stretching: at 10 ms a frame,
+//! dropping or inserting in pauses is smooth enough.) While packets are being
+//! lost, the target grows by one frame, so that the packet after a lost one,
+//! whose FEC data rebuilds it, is usually there in time.
 //!
 //! Sequence numbers tell loss from silence: a speaker who stops sending (DTX,
 //! voice activity gate) skips timestamps but not sequence numbers.
@@ -119,7 +123,7 @@ pub enum Playout {
 pub struct JitterStats {
     /// Packets accepted into the buffer.
     pub received: u64,
-    /// Frames played from a packet.
+    /// Frames played from their own packet.
     pub played: u64,
     /// Packets that arrived after their turn had passed (dropped).
     pub late: u64,
@@ -129,8 +133,11 @@ pub struct JitterStats {
     pub corrupt: u64,
     /// Packets dropped because the buffer was full.
     pub overflow: u64,
-    /// Frames missing when their turn came: `recovered_fec + concealed`.
+    /// Frames whose own packet was missing when their turn came:
+    /// `recovered_redundancy + recovered_fec + concealed`.
     pub lost: u64,
+    /// Lost frames played from the copy the next packet carried.
+    pub recovered_redundancy: u64,
     /// Lost frames rebuilt from the next packet's FEC.
     pub recovered_fec: u64,
     /// Lost frames concealed.
@@ -168,6 +175,8 @@ struct Stored {
     arrived_at: Duration,
     raw_sequence: u32,
     raw_timestamp: u32,
+    /// A copy carried by the next packet: its own packet was lost.
+    from_redundancy: bool,
 }
 
 /// Unwraps a 32-bit counter against the last unwrapped value near it.
@@ -195,6 +204,10 @@ const RESTART_JUMP_SAMPLES: i64 = 48_000 * 10;
 const PLAYED_MEMORY: usize = 256;
 /// Keep at most this many transit samples, whatever the window.
 const TRANSIT_CAPACITY: usize = 2048;
+/// Slots over which the recent loss rate is averaged.
+const LOSS_AVERAGE_SLOTS: f64 = 200.0;
+/// Above this recent loss rate the target delay makes room for FEC.
+const LOSS_NEEDING_FEC_MARGIN: f64 = 0.005;
 /// Frame length assumed before the first packet says otherwise.
 const DEFAULT_FRAME_SAMPLES: u32 = 480;
 
@@ -221,6 +234,8 @@ pub struct JitterBuffer {
     played_sequences: VecDeque<i64>,
     quiet: bool,
     target_us: i64,
+    /// Recent share of slots lost (exponential average over about 200 slots).
+    recent_loss: f64,
     stats: JitterStats,
 }
 
@@ -256,6 +271,7 @@ impl JitterBuffer {
             played_sequences: VecDeque::with_capacity(PLAYED_MEMORY),
             quiet: true,
             target_us,
+            recent_loss: 0.0,
             stats: JitterStats::default(),
         }
     }
@@ -311,7 +327,15 @@ impl JitterBuffer {
             self.restart();
             return self.push(packet, arrived_at);
         }
-        if self.frames.contains_key(&timestamp) || self.played_sequences.contains(&sequence) {
+        if let Some(redundant) = packet.redundant {
+            self.push_redundant(redundant, sequence - 1, timestamp, arrived_at);
+        }
+        if self
+            .frames
+            .get(&timestamp)
+            .is_some_and(|f| !f.from_redundancy)
+            || self.played_sequences.contains(&sequence)
+        {
             self.stats.duplicate += 1;
             return;
         }
@@ -335,11 +359,51 @@ impl JitterBuffer {
                 arrived_at,
                 raw_sequence: packet.sequence,
                 raw_timestamp: packet.timestamp,
+                from_redundancy: false,
             },
         );
         self.stats.received += 1;
         while self.frames.len() > self.config.capacity {
             // Voice drops the oldest, never waits.
+            self.frames.pop_first();
+            self.stats.overflow += 1;
+        }
+    }
+
+    /// Keeps the copy of the previous frame a packet carried, if that frame is
+    /// still missing and not yet due. Copies say nothing about jitter, and a
+    /// useless copy is not counted anywhere.
+    fn push_redundant(
+        &mut self,
+        payload: Vec<u8>,
+        sequence: i64,
+        following_timestamp: i64,
+        arrived_at: Duration,
+    ) {
+        let Some(samples) = Decoder::packet_samples(&payload) else {
+            return;
+        };
+        let timestamp = following_timestamp - samples as i64;
+        if self.frames.contains_key(&timestamp)
+            || self.played_sequences.contains(&sequence)
+            || self.next_timestamp.is_some_and(|next| timestamp < next)
+            || self.highest_sequence.is_none()
+        {
+            return;
+        }
+        self.frames.insert(
+            timestamp,
+            Stored {
+                sequence,
+                samples: samples as u32,
+                payload,
+                arrived_at,
+                raw_sequence: sequence as u32,
+                raw_timestamp: timestamp as u32,
+                from_redundancy: true,
+            },
+        );
+        while self.frames.len() > self.config.capacity {
             self.frames.pop_first();
             self.stats.overflow += 1;
         }
@@ -386,8 +450,15 @@ impl JitterBuffer {
         let spread = *self.scratch.select_nth_unstable(rank).1;
         let floor = self.frame_micros().max(micros(self.config.min_delay));
         let cap = micros(self.config.max_delay).max(floor);
+        // Rebuilding a lost frame from FEC needs the packet after it: while
+        // packets are being lost, wait one frame more so that it is there.
+        let fec_margin = if self.recent_loss > LOSS_NEEDING_FEC_MARGIN {
+            self.frame_micros()
+        } else {
+            0
+        };
         self.target_us = spread
-            .saturating_add(self.frame_micros() / 2)
+            .saturating_add(self.frame_micros() / 2 + fec_margin)
             .clamp(floor, cap);
         self.stats.target_delay = duration_from_micros(self.target_us);
         Some(fastest)
@@ -421,9 +492,10 @@ impl JitterBuffer {
         self.stats.current_delay = duration_from_micros(current);
         let error = current - self.target_us;
         let slot_empty = !self.frames.contains_key(&next);
-        let calm = self.quiet || slot_empty;
 
-        if error > frame_us && (calm || error > 2 * frame_us) {
+        // Shrinking waits for quiet audio: skipping an empty slot mid-speech
+        // would throw away what FEC could have rebuilt.
+        if error > frame_us / 2 && (self.quiet || error > 2 * frame_us) {
             // Too much delay: skip this slot.
             let skipped = self
                 .frames
@@ -441,7 +513,9 @@ impl JitterBuffer {
             self.next_timestamp = Some(next + i64::from(skipped));
             return self.play_slot(next + i64::from(skipped));
         }
-        if error < -frame_us / 2 && (calm || error < -2 * frame_us) {
+        // Growing also takes an empty slot: concealing it without moving on
+        // gives a late packet the time to arrive.
+        if error < -frame_us / 2 && (self.quiet || slot_empty || error < -2 * frame_us) {
             // Too little delay: stretch by one frame, without moving on.
             self.stats.inserted += 1;
             return Playout::Insert {
@@ -483,11 +557,23 @@ impl JitterBuffer {
     }
 
     fn play_slot(&mut self, slot: i64) -> Playout {
+        let playout = self.play_slot_inner(slot);
+        let lost = matches!(playout, Playout::Recover { .. } | Playout::Conceal { .. });
+        self.recent_loss += (f64::from(u8::from(lost)) - self.recent_loss) / LOSS_AVERAGE_SLOTS;
+        playout
+    }
+
+    fn play_slot_inner(&mut self, slot: i64) -> Playout {
         if let Some(stored) = self.frames.remove(&slot) {
             self.settle_unknown(stored.sequence);
             self.note_played(stored.sequence);
             self.next_timestamp = Some(slot + i64::from(stored.samples));
-            self.stats.played += 1;
+            if stored.from_redundancy {
+                self.stats.lost += 1;
+                self.stats.recovered_redundancy += 1;
+            } else {
+                self.stats.played += 1;
+            }
             return Playout::Frame(JitterFrame {
                 sequence: stored.raw_sequence,
                 timestamp: stored.raw_timestamp,
@@ -568,6 +654,7 @@ mod tests {
             sequence,
             timestamp,
             payload: vec![8 << 3, sequence as u8],
+            redundant: None,
         }
     }
 
@@ -599,6 +686,7 @@ mod tests {
                 sequence: 0,
                 timestamp: 0,
                 payload: vec![],
+                redundant: None,
             },
             ms(0),
         );
@@ -608,6 +696,7 @@ mod tests {
                 sequence: 1,
                 timestamp: 480,
                 payload: vec![0x4b, 0x00],
+                redundant: None,
             },
             ms(0),
         );

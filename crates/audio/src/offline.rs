@@ -120,12 +120,13 @@ impl fmt::Display for OfflineReport {
         };
         writeln!(
             f,
-            "input: {:.2} s; {} ms frames, {} kbps, FEC {}, DTX {}",
+            "input: {:.2} s; {} ms frames, {} kbps, FEC {}, DTX {}, redundancy {:?}",
             self.input_seconds,
             self.encoder.frame.duration().as_millis(),
             self.encoder.bitrate_bps / 1000,
             if self.encoder.fec { "on" } else { "off" },
             if self.encoder.dtx { "on" } else { "off" },
+            self.encoder.redundancy,
         )?;
         writeln!(
             f,
@@ -149,11 +150,12 @@ impl fmt::Display for OfflineReport {
         )?;
         writeln!(
             f,
-            "frames: {} played, {} lost ({:.1}%): {} recovered by FEC, {} concealed; \
-             {} late, {} duplicate, {} silent; {} inserted, {} dropped to adapt the delay",
+            "frames: {} played, {} lost ({:.1}%): {} recovered by redundancy, {} recovered by FEC, \
+             {} concealed; {} late, {} duplicate, {} silent; {} inserted, {} dropped to adapt the delay",
             j.played,
             j.lost,
             j.loss_fraction() * 100.0,
+            j.recovered_redundancy,
             j.recovered_fec,
             j.concealed,
             j.late,

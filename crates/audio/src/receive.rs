@@ -322,6 +322,7 @@ mod tests {
             sequence: s,
             timestamp: s * 480,
             payload: vec![9 << 3],
+            redundant: None,
         };
         receiver.push(&1, packet(0), Duration::ZERO).unwrap();
         receiver
