@@ -163,7 +163,7 @@ impl TestArgs {
         config.link.latency = self.latency;
         config.link.jitter = self.jitter;
         config.link.loss = match (self.loss, self.burst) {
-            (loss, _) if loss == 0.0 => LossModel::None,
+            (0.0, _) => LossModel::None,
             (loss, Some(burst)) => LossModel::bursty(loss / 100.0, burst),
             (loss, None) => LossModel::Random {
                 probability: loss / 100.0,

@@ -114,5 +114,10 @@ fn device_callbacks_do_not_allocate() {
     assert_eq!(n, 0, "the callback path allocated {n} times");
     // The loop really moved sound, and really ran dry at times.
     assert!(heard > 100_000, "only {heard} samples played");
-    assert!(counters.underruns.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(
+        counters
+            .underruns
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
 }

@@ -42,10 +42,17 @@ fn synthetic_speech(seconds: f32) -> Vec<f32> {
             let syllable = (t * 4.0).fract();
             let pitch = 120.0 + 40.0 * (t * 1.3).sin();
             phase += pitch / 48_000.0;
-            let voiced: f32 = [(1, 1.0), (2, 0.6), (3, 0.5), (5, 0.3), (8, 0.15), (12, 0.08)]
-                .iter()
-                .map(|(h, a)| a * (std::f32::consts::TAU * phase * *h as f32).sin())
-                .sum();
+            let voiced: f32 = [
+                (1, 1.0),
+                (2, 0.6),
+                (3, 0.5),
+                (5, 0.3),
+                (8, 0.15),
+                (12, 0.08),
+            ]
+            .iter()
+            .map(|(h, a)| a * (std::f32::consts::TAU * phase * *h as f32).sin())
+            .sum();
             state ^= state << 13;
             state ^= state >> 17;
             state ^= state << 5;
@@ -55,7 +62,11 @@ fn synthetic_speech(seconds: f32) -> Vec<f32> {
             } else {
                 0.0
             };
-            let consonant = if (0.6..0.7).contains(&syllable) { 0.3 } else { 0.0 };
+            let consonant = if (0.6..0.7).contains(&syllable) {
+                0.3
+            } else {
+                0.0
+            };
             0.15 * voiced * envelope + consonant * noise * 0.2
         })
         .collect()
@@ -83,7 +94,10 @@ fn snr_db(reference: &[f32], decoded: &[f32], lag: usize) -> (f64, usize) {
 /// Mean absolute difference, in dB, of the 10 ms frame levels of speech
 /// frames (those within 40 dB of the loudest): how well loudness follows.
 fn level_error_db(reference: &[f32], decoded: &[f32], lag: usize) -> f64 {
-    let level = |s: &[f32]| 10.0 * (s.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / s.len() as f64 + 1e-12).log10();
+    let level = |s: &[f32]| {
+        10.0 * (s.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / s.len() as f64 + 1e-12)
+            .log10()
+    };
     let frames: Vec<(f64, f64)> = reference
         .chunks_exact(480)
         .enumerate()
@@ -113,7 +127,9 @@ fn round_trip(input: &[f32], config: EncoderConfig, lose_every: usize) -> (Vec<f
         let n = if lose_every > 0 && k % lose_every == lose_every / 2 {
             decoder.conceal(frame, &mut buffer)
         } else {
-            decoder.decode(&packet.payload, &mut buffer).expect("valid packet")
+            decoder
+                .decode(&packet.payload, &mut buffer)
+                .expect("valid packet")
         };
         out.extend_from_slice(&buffer[..n]);
     }
@@ -157,7 +173,10 @@ fn check_round_trip(input: &[f32], source: &str) {
             // floor is above what concealing a quarter of the frames gives, so
             // a decoder that only conceals would fail it.
             assert!(snr > 6.0, "SNR {snr:.1} dB below the floor");
-            assert!(lossy_snr < snr - 3.0, "concealment should cost quality: {lossy_snr:.1} vs {snr:.1}");
+            assert!(
+                lossy_snr < snr - 3.0,
+                "concealment should cost quality: {lossy_snr:.1} vs {snr:.1}"
+            );
         } else {
             // The synthetic signal is steady enough for concealment to
             // extrapolate well; measured here: 4.7 dB.
@@ -186,7 +205,9 @@ fn fec_rebuilds_a_lost_frame_better_than_concealment() {
     for (k, packet) in packets.iter().enumerate() {
         clean.decode(&packet.payload, &mut a).expect("valid");
         if k % 10 == 5 && k + 1 < packets.len() {
-            with_fec.decode_fec(&packets[k + 1].payload, 480, &mut b).expect("valid");
+            with_fec
+                .decode_fec(&packets[k + 1].payload, 480, &mut b)
+                .expect("valid");
             with_plc.conceal(480, &mut c);
             for i in 0..480 {
                 energy += f64::from(a[i]).powi(2);
@@ -201,6 +222,8 @@ fn fec_rebuilds_a_lost_frame_better_than_concealment() {
     let fec_snr = 10.0 * (energy / fec_error).log10();
     let plc_snr = 10.0 * (energy / plc_error).log10();
     println!("lost frames: FEC {fec_snr:.1} dB, concealment {plc_snr:.1} dB");
-    assert!(fec_snr > plc_snr + 3.0, "FEC {fec_snr:.1} dB vs PLC {plc_snr:.1} dB");
+    assert!(
+        fec_snr > plc_snr + 3.0,
+        "FEC {fec_snr:.1} dB vs PLC {plc_snr:.1} dB"
+    );
 }
-

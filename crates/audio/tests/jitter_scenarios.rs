@@ -52,11 +52,7 @@ fn simulate(
             next += 1;
         }
         match jb.pop(now) {
-            Playout::Frame(f) => {
-                if f.payload.len() > 1 {
-                    run.played.push(f.sequence);
-                }
-            }
+            Playout::Frame(f) => run.played.push(f.sequence),
             Playout::Recover { next_payload, .. } => {
                 let following = u32::from(next_payload[1]) | (u32::from(next_payload[2]) << 8);
                 run.recovered.push(following.wrapping_sub(1));
@@ -89,10 +85,18 @@ fn reordered_packets_play_in_order_without_loss() {
     let arrivals = (0..1000u32)
         .map(|i| {
             let extra = if i % 2 == 0 { 15 } else { 0 };
-            (packet(i, i * FRAME), TICK * i + Duration::from_millis(20 + extra))
+            (
+                packet(i, i * FRAME),
+                TICK * i + Duration::from_millis(20 + extra),
+            )
         })
         .collect();
-    let run = simulate(JitterConfig::default(), arrivals, Duration::from_secs(11), |_| false);
+    let run = simulate(
+        JitterConfig::default(),
+        arrivals,
+        Duration::from_secs(11),
+        |_| false,
+    );
     assert_eq!(run.played.len(), 1000, "{:?}", run.stats);
     assert!(is_consecutive(&run.played));
     assert_eq!((run.stats.lost, run.stats.late), (0, 0), "{:?}", run.stats);
@@ -111,14 +115,22 @@ fn burst_loss_is_counted_recovered_at_the_edge_and_concealed_inside() {
         .into_iter()
         .filter(|(p, _)| !(300..305).contains(&p.sequence) && !(600..603).contains(&p.sequence))
         .collect();
-    let run = simulate(JitterConfig::default(), arrivals, Duration::from_secs(11), |_| false);
+    let run = simulate(
+        JitterConfig::default(),
+        arrivals,
+        Duration::from_secs(11),
+        |_| false,
+    );
     let s = run.stats;
     assert_eq!(s.lost, 8, "{s:?}");
     assert_eq!(s.played, 992);
     // Only the last frame of each burst has its successor (with FEC) in.
     assert_eq!(run.recovered, vec![304, 602]);
     assert_eq!((s.recovered_fec, s.concealed), (2, 6));
-    assert_eq!(s.lost, s.recovered_fec + s.concealed + s.recovered_redundancy);
+    assert_eq!(
+        s.lost,
+        s.recovered_fec + s.concealed + s.recovered_redundancy
+    );
     assert!(is_consecutive(&run.played[..299]));
 }
 
@@ -134,9 +146,18 @@ fn redundant_copies_fill_single_losses() {
             (p, TICK * i + Duration::from_millis(20))
         })
         .collect();
-    let run = simulate(JitterConfig::default(), arrivals, Duration::from_secs(6), |_| false);
+    let run = simulate(
+        JitterConfig::default(),
+        arrivals,
+        Duration::from_secs(6),
+        |_| false,
+    );
     let s = run.stats;
-    assert_eq!((s.lost, s.recovered_redundancy, s.concealed), (10, 10, 0), "{s:?}");
+    assert_eq!(
+        (s.lost, s.recovered_redundancy, s.concealed),
+        (10, 10, 0),
+        "{s:?}"
+    );
     assert_eq!(run.played.len(), 500, "copies play as frames");
     assert!(is_consecutive(&run.played));
 }
@@ -153,7 +174,12 @@ fn duplicates_are_dropped_and_counted() {
     for i in [10u32, 20, 30] {
         arrivals.push((packet(i, i * FRAME), Duration::from_secs(2)));
     }
-    let run = simulate(JitterConfig::default(), arrivals, Duration::from_secs(6), |_| false);
+    let run = simulate(
+        JitterConfig::default(),
+        arrivals,
+        Duration::from_secs(6),
+        |_| false,
+    );
     assert_eq!(run.stats.duplicate, 503, "{:?}", run.stats);
     assert_eq!(run.stats.late, 0);
     assert_eq!(run.played.len(), 500);
@@ -164,7 +190,12 @@ fn duplicates_are_dropped_and_counted() {
 fn a_late_packet_is_dropped_and_its_slot_covered() {
     let mut arrivals = steady(300, Duration::from_millis(20));
     arrivals[100].1 += Duration::from_millis(300);
-    let run = simulate(JitterConfig::default(), arrivals, Duration::from_secs(4), |_| false);
+    let run = simulate(
+        JitterConfig::default(),
+        arrivals,
+        Duration::from_secs(4),
+        |_| false,
+    );
     let s = run.stats;
     assert_eq!((s.late, s.lost, s.recovered_fec), (1, 1, 1), "{s:?}");
     assert_eq!(run.played.len(), 299);
@@ -188,14 +219,23 @@ fn silence_and_dtx_gaps_are_not_loss() {
     (150..250).for_each(&mut send);
     send(275);
     (300..400).for_each(&mut send);
-    let run = simulate(JitterConfig::default(), arrivals, Duration::from_secs(5), |_| false);
+    let run = simulate(
+        JitterConfig::default(),
+        arrivals,
+        Duration::from_secs(5),
+        |_| false,
+    );
     let s = run.stats;
     assert_eq!((s.lost, s.concealed, s.late), (0, 0, 0), "{s:?}");
     assert_eq!(run.played.len(), 301);
     assert!(is_consecutive(&run.played));
     assert!(s.silent >= 95, "{s:?}");
     // The gaps did not move the delay.
-    assert!(run.delays.iter().all(|d| *d <= Duration::from_millis(20)), "{:?}", run.delays.iter().max());
+    assert!(
+        run.delays.iter().all(|d| *d <= Duration::from_millis(20)),
+        "{:?}",
+        run.delays.iter().max()
+    );
 }
 
 #[test]
@@ -205,12 +245,20 @@ fn sequence_and_timestamp_wrap_around() {
     let arrivals = (0..300u32)
         .map(|i| {
             (
-                packet(first_sequence.wrapping_add(i), first_timestamp.wrapping_add(i * FRAME)),
+                packet(
+                    first_sequence.wrapping_add(i),
+                    first_timestamp.wrapping_add(i * FRAME),
+                ),
                 TICK * i + Duration::from_millis(20),
             )
         })
         .collect();
-    let run = simulate(JitterConfig::default(), arrivals, Duration::from_secs(4), |_| false);
+    let run = simulate(
+        JitterConfig::default(),
+        arrivals,
+        Duration::from_secs(4),
+        |_| false,
+    );
     assert_eq!(run.played.len(), 300, "{:?}", run.stats);
     assert_eq!(run.stats.lost, 0);
     assert!(run.played.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
@@ -240,7 +288,12 @@ fn drift(ppm: f64) -> Run {
         }
     }
     let quiet = |t: Duration| t.as_millis() % 1500 >= 1000;
-    simulate(JitterConfig::default(), arrivals, Duration::from_secs(601), quiet)
+    simulate(
+        JitterConfig::default(),
+        arrivals,
+        Duration::from_secs(601),
+        quiet,
+    )
 }
 
 fn check_drift(run: &Run, ppm: f64) {
@@ -250,12 +303,21 @@ fn check_drift(run: &Run, ppm: f64) {
     let settled = &run.delays[6000..];
     let max = settled.iter().max().copied().unwrap_or_default();
     let min = settled.iter().min().copied().unwrap_or_default();
-    assert!(max <= Duration::from_millis(70), "max delay {max:?} ({ppm} ppm): {s:?}");
-    assert!(min >= Duration::from_millis(20), "min delay {min:?} ({ppm} ppm): {s:?}");
+    assert!(
+        max <= Duration::from_millis(70),
+        "max delay {max:?} ({ppm} ppm): {s:?}"
+    );
+    assert!(
+        min >= Duration::from_millis(20),
+        "min delay {min:?} ({ppm} ppm): {s:?}"
+    );
     // 200 ppm of 10 minutes is 120 ms, 12 frames to drop or insert.
     let net = s.dropped as i64 - s.inserted as i64;
     let expected = (ppm * 1e-6 * 60_000.0).round() as i64;
-    assert!((net - expected).abs() <= 4, "net drops {net}, expected {expected}: {s:?}");
+    assert!(
+        (net - expected).abs() <= 4,
+        "net drops {net}, expected {expected}: {s:?}"
+    );
     // Adapting cost almost nothing: under 0.5 % of frames missed.
     assert!(s.lost < 300, "{s:?}");
     assert!(s.played + s.lost + s.dropped >= 59_900, "{s:?}");
@@ -292,10 +354,18 @@ fn jitter_and_random_loss_mostly_recovered() {
             arrivals.push(delivered);
         }
     }
-    let run = simulate(JitterConfig::default(), arrivals, Duration::from_secs(61), |_| false);
+    let run = simulate(
+        JitterConfig::default(),
+        arrivals,
+        Duration::from_secs(61),
+        |_| false,
+    );
     let s = run.stats;
     let link_lost = link.stats().lost;
-    assert!((s.lost as i64 - link_lost as i64).abs() <= 10, "{s:?} vs {link_lost} lost on the link");
+    assert!(
+        (s.lost as i64 - link_lost as i64).abs() <= 10,
+        "{s:?} vs {link_lost} lost on the link"
+    );
     // Isolated losses (most of them) are rebuilt from FEC.
     assert!(s.recovered_fec * 10 >= s.lost * 8, "{s:?}");
     assert!(s.late <= 30, "{s:?}");
