@@ -23,6 +23,9 @@ pub struct RingCounters {
     pub underruns: AtomicU64,
     /// Callbacks run.
     pub callbacks: AtomicU64,
+    /// Largest number of frames one callback asked for or brought: the
+    /// engine keeps at least twice that queued for playback.
+    pub largest_callback: AtomicU64,
 }
 
 /// The capture callback's end of a ring: takes interleaved device samples,
@@ -84,6 +87,9 @@ impl CaptureRingWriter {
     {
         self.counters.callbacks.fetch_add(1, Ordering::Relaxed);
         let frames = data.len() / self.channels;
+        self.counters
+            .largest_callback
+            .fetch_max(frames as u64, Ordering::Relaxed);
         let fits = frames.min(self.producer.slots());
         let scale = 1.0 / self.channels as f32;
         if let Ok(chunk) = self.producer.write_chunk_uninit(fits) {
@@ -108,6 +114,9 @@ impl PlaybackRingReader {
     {
         self.counters.callbacks.fetch_add(1, Ordering::Relaxed);
         let frames = data.len() / self.channels;
+        self.counters
+            .largest_callback
+            .fetch_max(frames as u64, Ordering::Relaxed);
         let available = frames.min(self.consumer.slots());
         let mut played = 0;
         if let Ok(chunk) = self.consumer.read_chunk(available) {

@@ -30,9 +30,11 @@ pub enum DeviceDirection {
 pub struct DeviceInfo {
     /// The sound system it belongs to (ALSA, PulseAudio, ...).
     pub host: String,
-    /// The name to open it by.
+    /// The name to open it by (the id without its host, e.g. `pulse`).
     pub name: String,
-    /// cpal's stable id; also accepted as a name.
+    /// What the sound system says it is.
+    pub description: String,
+    /// cpal's stable id (e.g. `alsa:pulse`); also accepted as a name.
     pub id: String,
     /// Capture, playback or both.
     pub direction: DeviceDirection,
@@ -51,7 +53,11 @@ impl std::fmt::Display for DeviceInfo {
             DeviceDirection::Playback => "playback",
             DeviceDirection::Both => "capture+playback",
         };
-        write!(f, "[{}] {} ({direction}", self.host, self.name)?;
+        write!(
+            f,
+            "{:<12} {} [{}, {direction}",
+            self.name, self.description, self.host
+        )?;
         if let Some(rate) = self.sample_rate {
             write!(f, ", {rate} Hz")?;
         }
@@ -61,11 +67,11 @@ impl std::fmt::Display for DeviceInfo {
         if self.default_playback {
             write!(f, ", default playback")?;
         }
-        write!(f, ") id={}", self.id)
+        write!(f, "]")
     }
 }
 
-fn device_name(device: &cpal::Device) -> String {
+fn device_description(device: &cpal::Device) -> String {
     device
         .description()
         .map(|d| d.name().to_string())
@@ -74,6 +80,14 @@ fn device_name(device: &cpal::Device) -> String {
 
 fn device_id(device: &cpal::Device) -> String {
     device.id().map(|id| id.to_string()).unwrap_or_default()
+}
+
+/// The id without its host: what people type.
+fn device_name(device: &cpal::Device) -> String {
+    device
+        .id()
+        .map(|id| id.id().to_string())
+        .unwrap_or_else(|_| device_description(device))
 }
 
 /// Lists the sound devices of the default host. An empty list means no sound
@@ -104,6 +118,7 @@ pub fn list_devices() -> Result<Vec<DeviceInfo>, DeviceError> {
         list.push(DeviceInfo {
             host: host.id().name().to_string(),
             name: device_name(&device),
+            description: device_description(&device),
             default_capture: default_in.as_deref() == Some(id.as_str()),
             default_playback: default_out.as_deref() == Some(id.as_str()),
             id,
@@ -137,7 +152,7 @@ fn find_device(name: Option<&str>, capture: bool) -> Result<cpal::Device, Device
                 d.supports_output()
             }
         })
-        .find(|d| device_name(d) == name || device_id(d) == name)
+        .find(|d| device_name(d) == name || device_id(d) == name || device_description(d) == name)
         .ok_or_else(|| DeviceError::NotFound {
             direction,
             name: name.to_string(),
@@ -313,9 +328,8 @@ impl CpalOutput {
         let config: StreamConfig = supported.config();
         let rate = config.sample_rate;
         let channels = usize::from(config.channels);
-        // 40 ms: the most the engine may queue ahead of the speaker, so it
-        // bounds the playback delay too.
-        let (producer, mut reader, counters) = playback_ring(rate as usize / 25, channels);
+        // Room for 200 ms; how much is kept queued is decided in `writable`.
+        let (producer, mut reader, counters) = playback_ring(rate as usize / 5, channels);
         macro_rules! typed {
             ($t:ty) => {{
                 device
@@ -373,7 +387,16 @@ impl AudioOutput for CpalOutput {
     }
 
     fn writable(&self) -> usize {
-        let free = self.producer.slots().saturating_sub(self.pending.len()) as u64;
+        // Keep 20 ms queued, or twice what the device takes per callback if
+        // that is more: enough never to run dry, little enough to add no
+        // needless delay.
+        let capacity = self.producer.buffer().capacity();
+        let queued = capacity - self.producer.slots() + self.pending.len();
+        let largest = self.counters.largest_callback.load(Ordering::Relaxed) as usize;
+        let wanted = (self.device_rate as usize / 50)
+            .max(2 * largest)
+            .min(capacity);
+        let free = wanted.saturating_sub(queued) as u64;
         (free * u64::from(SAMPLE_RATE) / u64::from(self.device_rate.max(1))) as usize
     }
 
