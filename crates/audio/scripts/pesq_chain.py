@@ -88,9 +88,9 @@ def main():
     ref16 = to_16k(rate, ref)
     print(f"speech: {speech} ({len(ref) / rate:.1f} s); jitter {args.jitter}, frame {args.frame}, "
           f"{args.bitrate} kbps, seeds {args.seeds}")
-    print(f"{'loss %':>6}  {'PESQ-WB':>7}  {'min':>5}  {'max':>5}  {'lost':>5}  {'FEC':>4}  {'PLC':>4}  {'delay ms':>8}")
+    print(f"{'loss %':>6}  {'PESQ-WB':>7}  {'min':>5}  {'max':>5}  {'lost':>5}  {'RED':>4}  {'FEC':>4}  {'PLC':>4}  {'delay ms':>8}")
     for loss in args.losses.split(","):
-        scores, lost, fec, plc, delay = [], 0, 0, 0, []
+        scores, lost, red, fec, plc, delay = [], 0, 0, 0, 0, []
         for seed in args.seeds.split(","):
             heard = os.path.join(work, f"heard_{loss}_{seed}.wav")
             out = subprocess.run(
@@ -100,17 +100,19 @@ def main():
             ).stdout
             for line in out.splitlines():
                 if line.startswith("frames:"):
-                    words = line.replace("(", " ").replace(",", " ").split()
-                    lost += int(words[words.index("lost") - 1])
-                    fec += int(words[words.index("recovered") - 1])
-                    plc += int(words[words.index("concealed;") - 1])
+                    # "... N lost (x%): R recovered by redundancy, F recovered by FEC, C concealed; ..."
+                    text = line.replace(",", "").replace(";", "")
+                    lost += int(text.split(" lost")[0].split()[-1])
+                    red += int(text.split(" recovered by redundancy")[0].split()[-1])
+                    fec += int(text.split(" recovered by FEC")[0].split()[-1])
+                    plc += int(text.split(" concealed")[0].split()[-1])
                 if line.startswith("delay:"):
                     delay.append(float(line.split("jitter buffer ")[1].split(" ms")[0]))
             deg_rate, deg = read_wav(heard)
             deg16, _ = align(ref16, to_16k(deg_rate, deg))
             scores.append(pesq(16000, ref16, deg16, "wb"))
-        print(f"{loss:>6}  {np.mean(scores):7.2f}  {min(scores):5.2f}  {max(scores):5.2f}  {lost:5d}  {fec:4d}  "
-              f"{plc:4d}  {np.mean(delay):8.1f}")
+        print(f"{loss:>6}  {np.mean(scores):7.2f}  {min(scores):5.2f}  {max(scores):5.2f}  {lost:5d}  {red:4d}  {fec:4d}  "
+                      f"{plc:4d}  {np.mean(delay):8.1f}")
     return 0
 
 

@@ -12,8 +12,9 @@
 //! the target delay is a high quantile of how much later than that packets
 //! arrive, floored at one frame and capped by [`JitterConfig::max_delay`]. The
 //! current delay is how far behind the fastest path the playout runs. When it
-//! is more than half a frame above the target, a frame is dropped; half a
-//! frame below, a frame of concealment is inserted. Both wait for a quiet
+//! is more than a frame above the target, a frame is dropped; half a frame
+//! below, a frame of concealment is inserted (the band is wider than the one
+//! frame step, so the two never chase each other). Both wait for a quiet
 //! moment (see [`JitterBuffer::set_quiet`]) unless the error passes two frames,
 //! so speech is rarely cut; an insert may also take an empty slot, where it
 //! gives a late packet time to arrive. (No time-stretching: at 10 ms a frame,
@@ -495,7 +496,7 @@ impl JitterBuffer {
 
         // Shrinking waits for quiet audio: skipping an empty slot mid-speech
         // would throw away what FEC could have rebuilt.
-        if error > frame_us / 2 && (self.quiet || error > 2 * frame_us) {
+        if error > frame_us && (self.quiet || error > 2 * frame_us) {
             // Too much delay: skip this slot.
             let skipped = self
                 .frames
