@@ -328,18 +328,23 @@ impl Encoder {
         }
     }
 
-    /// Tells the encoder how much loss the receivers report, so that it spends
-    /// the right share of the bitrate on FEC. Values above 100 count as 100.
+    /// Tells the encoder how much loss the receivers report (values above 100
+    /// count as 100). It decides redundancy, and the loss libopus plans its
+    /// FEC and its prediction for: with redundancy on, only the loss left
+    /// after it (two packets in a row, about p² for random loss), because
+    /// telling libopus about loss costs quality on every frame.
     pub fn set_expected_loss(&mut self, percent: u8) -> Result<(), EncoderError> {
         let percent = percent.min(100);
+        self.config.expected_loss_percent = percent;
+        let planned = self.planned_loss_percent();
         self.inner
-            .set_packet_loss_perc(i32::from(percent))
+            .set_packet_loss_perc(i32::from(planned))
             .map_err(|source| EncoderError::Configure {
                 setting: "expected_loss_percent",
                 source,
             })?;
         let band = match self.config.max_bandwidth_under_loss {
-            Some(band) if percent > 0 && self.config.fec => band.min(self.config.max_bandwidth),
+            Some(band) if planned > 0 && self.config.fec => band.min(self.config.max_bandwidth),
             _ => self.config.max_bandwidth,
         };
         self.inner
@@ -348,8 +353,18 @@ impl Encoder {
                 setting: "max_bandwidth",
                 source,
             })?;
-        self.config.expected_loss_percent = percent;
         Ok(())
+    }
+
+    /// The loss, in percent, libopus is told to plan for (see
+    /// [`Encoder::set_expected_loss`]).
+    pub fn planned_loss_percent(&self) -> u8 {
+        let reported = u16::from(self.config.expected_loss_percent);
+        if self.redundancy_on() {
+            ((reported * reported + 50) / 100) as u8
+        } else {
+            reported as u8
+        }
     }
 
     /// Changes the target bitrate (8 000 to 128 000 bits per second).
@@ -465,6 +480,7 @@ mod tests {
         assert_eq!((second.sequence, second.timestamp), (1, 960));
         assert!(second.redundant.is_none());
         encoder.set_expected_loss(5).unwrap();
+        assert_eq!(encoder.planned_loss_percent(), 0);
         let third = encoder.encode(&frame).unwrap().unwrap();
         let fourth = encoder.encode(&frame).unwrap().unwrap();
         assert_eq!(fourth.redundant.as_ref(), Some(&third.payload));
