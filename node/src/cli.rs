@@ -99,6 +99,12 @@ pub enum Command {
         /// The bundle file
         file: PathBuf,
     },
+    /// Sound devices, and an offline test of the whole voice chain
+    Audio {
+        /// Audio operations
+        #[command(subcommand)]
+        action: tincan_audio::cli::AudioCommand,
+    },
 }
 
 /// Identity operations.
@@ -318,6 +324,10 @@ impl Ctx {
 
 /// Runs one parsed command.
 pub fn run(cli: Cli) -> Result<()> {
+    // Audio commands need no identity or data directory.
+    if let Command::Audio { action } = cli.command {
+        return tincan_audio::cli::run(action);
+    }
     let root = match cli.data_dir {
         Some(d) => d,
         None => node::default_data_dir()?,
@@ -339,6 +349,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Log { action } => log_command(&ctx, action),
         Command::Export { out } => export(&ctx, out.as_deref()),
         Command::Import { file } => import(&ctx, &file),
+        Command::Audio { .. } => unreachable!("handled before the data directory is opened"),
     }
 }
 

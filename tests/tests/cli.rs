@@ -34,6 +34,9 @@ fn help_everywhere() {
         vec!["log", "list", "--help"],
         vec!["export", "--help"],
         vec!["import", "--help"],
+        vec!["audio", "--help"],
+        vec!["audio", "devices", "--help"],
+        vec!["audio", "test", "--help"],
     ] {
         let out = t.ok(&args);
         assert!(out.contains("Usage:"), "{args:?}: {out}");
