@@ -71,6 +71,30 @@ pub enum DeviceSpec {
     Null,
 }
 
+impl std::str::FromStr for DeviceSpec {
+    type Err = std::convert::Infallible;
+
+    /// `default`, `null`, `wav:PATH`, `wav-loop:PATH` (input played in a
+    /// loop), or any other text as a sound device name.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(match text {
+            "" | "default" => DeviceSpec::Default,
+            "null" => DeviceSpec::Null,
+            _ => match (text.strip_prefix("wav:"), text.strip_prefix("wav-loop:")) {
+                (Some(path), _) => DeviceSpec::Wav {
+                    path: path.into(),
+                    looped: false,
+                },
+                (_, Some(path)) => DeviceSpec::Wav {
+                    path: path.into(),
+                    looped: true,
+                },
+                _ => DeviceSpec::Named(text.to_string()),
+            },
+        })
+    }
+}
+
 static SAID_NO_SOUND_CARD: AtomicBool = AtomicBool::new(false);
 
 fn say_no_sound_card(direction: &str, why: &DeviceError) {
@@ -123,3 +147,40 @@ pub fn open_output(spec: &DeviceSpec) -> Result<Box<dyn AudioOutput>, DeviceErro
 }
 
 pub use file::Pacing;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        let parse = |t: &str| t.parse::<DeviceSpec>().unwrap();
+        assert_eq!(parse("default"), DeviceSpec::Default);
+        assert_eq!(parse("null"), DeviceSpec::Null);
+        assert_eq!(
+            parse("wav-loop:a b.wav"),
+            DeviceSpec::Wav {
+                path: "a b.wav".into(),
+                looped: true
+            }
+        );
+        assert_eq!(parse("pulse"), DeviceSpec::Named("pulse".into()));
+    }
+
+    #[test]
+    fn null_and_wav_specs_open_without_a_sound_card() {
+        assert_eq!(open_input(&DeviceSpec::Null).unwrap().name(), "null");
+        assert_eq!(open_output(&DeviceSpec::Null).unwrap().name(), "null");
+        assert!(matches!(
+            open_input(&DeviceSpec::Wav {
+                path: "/nonexistent/in.wav".into(),
+                looped: false
+            }),
+            Err(DeviceError::Wav(_))
+        ));
+        assert!(matches!(
+            open_input(&DeviceSpec::Named("no such device".into())),
+            Err(DeviceError::NotFound { .. } | DeviceError::Backend { .. })
+        ));
+    }
+}
