@@ -210,6 +210,7 @@ pub struct Encoder {
     scratch: Box<[u8; MAX_PACKET_BYTES]>,
     /// The last frame's packet, if it was sent.
     previous: Option<Vec<u8>>,
+    redundancy_active: bool,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -235,6 +236,7 @@ impl Encoder {
             next_timestamp: 0,
             scratch: Box::new([0; MAX_PACKET_BYTES]),
             previous: None,
+            redundancy_active: config.redundancy == Redundancy::Always,
         };
         let configure = |setting, result: opus::Result<()>| {
             result.map_err(|source| EncoderError::Configure { setting, source })
@@ -319,13 +321,7 @@ impl Encoder {
 
     /// Whether packets carry the previous frame now.
     pub fn redundancy_on(&self) -> bool {
-        match self.config.redundancy {
-            Redundancy::Off => false,
-            Redundancy::Always => true,
-            Redundancy::UnderLoss { min_loss_percent } => {
-                self.config.expected_loss_percent >= min_loss_percent.max(1)
-            }
-        }
+        self.redundancy_active
     }
 
     /// Tells the encoder how much loss the receivers report (values above 100
@@ -336,6 +332,22 @@ impl Encoder {
     pub fn set_expected_loss(&mut self, percent: u8) -> Result<(), EncoderError> {
         let percent = percent.min(100);
         self.config.expected_loss_percent = percent;
+        self.redundancy_active = match self.config.redundancy {
+            Redundancy::Off => false,
+            Redundancy::Always => true,
+            // On at the threshold, off below half of it: a loss rate near the
+            // threshold must not flip it every report.
+            Redundancy::UnderLoss { min_loss_percent } => {
+                let on_at = min_loss_percent.max(1);
+                if percent >= on_at {
+                    true
+                } else if u16::from(percent) * 2 < u16::from(on_at) {
+                    false
+                } else {
+                    self.redundancy_active
+                }
+            }
+        };
         let planned = self.planned_loss_percent();
         self.inner
             .set_packet_loss_perc(i32::from(planned))

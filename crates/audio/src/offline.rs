@@ -36,8 +36,9 @@ pub struct OfflineConfig {
     pub link: LinkConfig,
     /// The listener's jitter buffer.
     pub jitter: JitterConfig,
-    /// Whether the listener reports its loss each second and the speaker sets
-    /// its encoder's expected loss from it (as the voice plane will).
+    /// Whether the listener reports its loss each second (over the last five
+    /// seconds) and the speaker sets its encoder's expected loss from it, as
+    /// the voice plane will.
     pub loss_feedback: bool,
     /// How much faster the speaker's clock runs than the listener's, in parts
     /// per million (negative: slower).
@@ -173,6 +174,9 @@ impl fmt::Display for OfflineReport {
     }
 }
 
+/// Seconds of loss each report covers.
+const LOSS_REPORT_SECONDS: usize = 5;
+
 fn sample_time(samples: u64) -> Duration {
     Duration::from_micros(samples * 1_000_000 / u64::from(SAMPLE_RATE))
 }
@@ -221,6 +225,8 @@ pub fn run_samples(
     let mut delays = Vec::new();
     let mut target_sum = Duration::ZERO;
     let mut last_report = (Duration::ZERO, JitterStats::default());
+    // (frames due, frames lost) per second, for the last few seconds.
+    let mut loss_window: std::collections::VecDeque<(u64, u64)> = Default::default();
 
     let mut now = Duration::ZERO;
     while now <= end {
@@ -252,8 +258,17 @@ pub fn run_samples(
                 target_sum += stats.target_delay;
             }
             if config.loss_feedback && now >= last_report.0 + Duration::from_secs(1) {
+                // Report the loss of the last few seconds, as the voice plane
+                // will: one second alone is too few frames to tell 2% from 5%.
                 let due = (stats.played + stats.lost) - (last_report.1.played + last_report.1.lost);
                 let lost = stats.lost - last_report.1.lost;
+                if loss_window.len() == LOSS_REPORT_SECONDS {
+                    loss_window.pop_front();
+                }
+                loss_window.push_back((due, lost));
+                let (due, lost) = loss_window
+                    .iter()
+                    .fold((0, 0), |(d, l), (due, lost)| (d + due, l + lost));
                 if due > 0 {
                     let percent = (lost * 100).div_ceil(due);
                     encoder.set_expected_loss(u8::try_from(percent).unwrap_or(100))?;
