@@ -1,11 +1,13 @@
 //! The `tincan` command line.
 
+use std::cell::{Ref, RefCell, RefMut};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tincan_core::keystore::{Identity, KdfParams, SealedIdentity};
 use tincan_core::{
@@ -63,6 +65,12 @@ pub enum Command {
         /// Display name for sign-up, if there is no identity yet
         #[arg(long, env = "TINCAN_USERNAME")]
         username: Option<String>,
+        /// Port of the local control endpoint on 127.0.0.1 (0: any free port)
+        #[arg(long, default_value_t = 0)]
+        control_port: u16,
+        /// Show the node and exit instead of running until Ctrl-C
+        #[arg(long)]
+        once: bool,
     },
     /// Show or manage this node's identity
     Id {
@@ -141,7 +149,7 @@ pub enum IdAction {
 }
 
 /// Room operations.
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone, Serialize, Deserialize)]
 pub enum RoomAction {
     /// Create a room you own
     Create {
@@ -193,7 +201,7 @@ pub enum RoomAction {
 }
 
 /// What an owner does to a member.
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, ValueEnum, Serialize, Deserialize)]
 pub enum MemberAction {
     /// Invite to an invite-only room.
     Invite,
@@ -208,7 +216,7 @@ pub enum MemberAction {
 }
 
 /// Channel operations.
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone, Serialize, Deserialize)]
 pub enum ChannelAction {
     /// Owner: create a voice channel
     Create {
@@ -238,7 +246,7 @@ pub enum ChannelAction {
 }
 
 /// Log operations.
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone, Serialize, Deserialize)]
 pub enum LogAction {
     /// Add an entry about yourself (you must be a member)
     Add {
@@ -292,13 +300,50 @@ fn init_logging(format: LogFormat) {
     };
 }
 
-struct Ctx {
-    dir: DataDir,
+/// What a command works with: the data directory, and the node or store it
+/// opens on demand (offline), or the running node's (in the daemon).
+pub(crate) struct Ctx {
+    pub(crate) dir: DataDir,
     password_file: Option<PathBuf>,
     json: bool,
+    node: RefCell<Option<Node>>,
+    store: RefCell<Option<Store>>,
+    out: RefCell<Vec<Output>>,
+}
+
+/// What a command says: JSON for machines, text for people.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Output {
+    /// The result as JSON (printed with --json).
+    pub json: serde_json::Value,
+    /// The result as text.
+    pub text: String,
 }
 
 impl Ctx {
+    pub(crate) fn offline(dir: DataDir, password_file: Option<PathBuf>, json: bool) -> Self {
+        Ctx {
+            dir,
+            password_file,
+            json,
+            node: RefCell::new(None),
+            store: RefCell::new(None),
+            out: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// A context around an already unlocked node (the daemon's).
+    pub(crate) fn with_node(node: Node) -> Self {
+        let ctx = Ctx::offline(node.dir.clone(), None, true);
+        *ctx.node.borrow_mut() = Some(node);
+        ctx
+    }
+
+    /// Gives the node back, with what the command said.
+    pub(crate) fn into_parts(self) -> (Option<Node>, Vec<Output>) {
+        (self.node.into_inner(), self.out.into_inner())
+    }
+
     fn password(&self, confirm: bool) -> Result<zeroize::Zeroizing<String>> {
         PasswordSource {
             file: self.password_file.as_deref(),
@@ -308,17 +353,46 @@ impl Ctx {
         .read(confirm)
     }
 
-    fn unlock(&self) -> Result<Node> {
-        Node::unlock(self.dir.clone(), &self.password(false)?)
+    /// The unlocked node, unlocking it the first time.
+    fn unlock(&self) -> Result<RefMut<'_, Node>> {
+        if self.node.borrow().is_none() {
+            // redb allows one open handle per file: close the read-only one.
+            self.store.borrow_mut().take();
+            let node = Node::unlock(self.dir.clone(), &self.password(false)?)?;
+            *self.node.borrow_mut() = Some(node);
+        }
+        Ok(RefMut::map(self.node.borrow_mut(), |n| {
+            n.as_mut().expect("set just above")
+        }))
+    }
+
+    /// The store, without unlocking the identity if it is not unlocked yet.
+    fn store(&self) -> Result<Ref<'_, Store>> {
+        if self.node.borrow().is_some() {
+            return Ok(Ref::map(self.node.borrow(), |n| {
+                &n.as_ref().expect("checked above").store
+            }));
+        }
+        if self.store.borrow().is_none() {
+            *self.store.borrow_mut() = Some(node::open_store(&self.dir)?);
+        }
+        Ok(Ref::map(self.store.borrow(), |s| {
+            s.as_ref().expect("set just above")
+        }))
     }
 
     fn print(&self, value: serde_json::Value, text: impl FnOnce() -> String) {
-        let mut out = std::io::stdout().lock();
-        let _ = if self.json {
-            writeln!(out, "{value}")
-        } else {
-            writeln!(out, "{}", text())
-        };
+        self.out.borrow_mut().push(Output {
+            json: value,
+            text: text(),
+        });
+    }
+
+    fn flush(&self) {
+        print_outputs(
+            &self.out.borrow_mut().drain(..).collect::<Vec<_>>(),
+            self.json,
+        );
     }
 }
 
@@ -332,23 +406,53 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(d) => d,
         None => node::default_data_dir()?,
     };
-    let ctx = Ctx {
-        dir: DataDir::create(root)?,
-        password_file: cli.password_file,
-        json: cli.json,
+    let dir = DataDir::create(root)?;
+    let command = match crate::control::RemoteCommand::from_command(cli.command)? {
+        Ok(remote) => match crate::control::forward(&dir, &remote)? {
+            Some(outputs) => {
+                print_outputs(&outputs, cli.json);
+                return Ok(());
+            }
+            // No node running: do it here.
+            None => remote.into_command(),
+        },
+        Err(local) => local,
     };
-    match cli.command {
+    let ctx = Ctx::offline(dir, cli.password_file, cli.json);
+    let result = dispatch(&ctx, command);
+    ctx.flush();
+    result
+}
+
+fn print_outputs(outputs: &[Output], json: bool) {
+    let mut out = std::io::stdout().lock();
+    for o in outputs {
+        let _ = if json {
+            writeln!(out, "{}", o.json)
+        } else {
+            writeln!(out, "{}", o.text)
+        };
+    }
+}
+
+/// Runs a command; its output is collected in `ctx`.
+pub(crate) fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
+    match command {
         Command::Init { username } => {
-            sign_up(&ctx, username)?;
-            show_identity(&ctx, &ctx.dir.load_identity()?)
+            sign_up(ctx, username)?;
+            show_identity(ctx, &ctx.dir.load_identity()?)
         }
-        Command::Up { username } => up(&ctx, username),
-        Command::Id { action } => id_command(&ctx, action.unwrap_or(IdAction::Show)),
-        Command::Room { action } => room_command(&ctx, action),
-        Command::Channel { action } => channel_command(&ctx, action),
-        Command::Log { action } => log_command(&ctx, action),
-        Command::Export { out } => export(&ctx, out.as_deref()),
-        Command::Import { file } => import(&ctx, &file),
+        Command::Up {
+            username,
+            control_port,
+            once,
+        } => up(ctx, username, control_port, once),
+        Command::Id { action } => id_command(ctx, action.unwrap_or(IdAction::Show)),
+        Command::Room { action } => room_command(ctx, action),
+        Command::Channel { action } => channel_command(ctx, action),
+        Command::Log { action } => log_command(ctx, action),
+        Command::Export { out } => export(ctx, out.as_deref()),
+        Command::Import { file } => import(ctx, &file),
         Command::Audio { .. } => unreachable!("handled before the data directory is opened"),
     }
 }
@@ -378,7 +482,7 @@ fn prompt_line(prompt: &str) -> Result<String> {
     Ok(line.trim().to_owned())
 }
 
-fn up(ctx: &Ctx, username: Option<String>) -> Result<()> {
+fn up(ctx: &Ctx, username: Option<String>, control_port: u16, once: bool) -> Result<()> {
     if !ctx.dir.has_identity() {
         eprintln!(
             "No identity in {} yet: signing up.",
@@ -406,10 +510,12 @@ fn up(ctx: &Ctx, username: Option<String>) -> Result<()> {
             "rooms_known": all_rooms,
             "my_rooms": rooms.iter().map(|r| r.id.to_hex()).collect::<Vec<_>>(),
             "mesh": "not in this build",
+            "running": !once,
         }),
         || {
             let mut s = format!(
-                "tincan node up (offline)\n  user      {} [{}]\n  user id   {}\n  node id   {}\n  data dir  {}\n  rooms     {} known, {} yours",
+                "tincan node {}\n  user      {} [{}]\n  user id   {}\n  node id   {}\n  data dir  {}\n  rooms     {} known, {} yours",
+                if once { "(not started: --once)" } else { "up" },
                 node.identity.username,
                 uid.fingerprint(),
                 uid.to_hex(),
@@ -421,11 +527,17 @@ fn up(ctx: &Ctx, username: Option<String>) -> Result<()> {
             for r in &rooms {
                 s.push_str(&format!("\n    {}  {}", r.id, r.room.title));
             }
-            s.push_str("\nThis build has no mesh yet: it keeps rooms, channels and logs locally; LAN discovery and gossip come next.");
+            s.push_str("\nThis build has no mesh yet: it keeps rooms, channels and logs locally and serves the other tincan commands while it runs; LAN discovery and gossip come next.");
             s
         },
     );
-    Ok(())
+    drop(node);
+    if once {
+        return Ok(());
+    }
+    ctx.flush();
+    let node = ctx.node.borrow_mut().take().expect("unlocked above");
+    crate::daemon::run(node, crate::daemon::UpOptions { control_port })
 }
 
 fn show_identity(ctx: &Ctx, sealed: &SealedIdentity) -> Result<()> {
@@ -609,13 +721,11 @@ fn room_command(ctx: &Ctx, action: RoomAction) -> Result<()> {
             Ok(())
         }
         RoomAction::List { mine } => {
-            let store;
             let rooms = if mine {
                 let node = ctx.unlock()?;
                 node.store.rooms_of_user(&node.user_key().id())?
             } else {
-                store = node::open_store(&ctx.dir)?;
-                store.rooms()?
+                ctx.store()?.rooms()?
             };
             ctx.print(
                 json!(rooms.iter().map(room_json).collect::<Vec<_>>()),
@@ -640,7 +750,7 @@ fn room_command(ctx: &Ctx, action: RoomAction) -> Result<()> {
             Ok(())
         }
         RoomAction::Show { room } => {
-            let store = node::open_store(&ctx.dir)?;
+            let store = ctx.store()?;
             let r = resolve_room(&store, &room)?;
             let members = store.members(&r.id)?;
             let channels = store.channels(&r.id)?;
@@ -818,7 +928,7 @@ fn channel_command(ctx: &Ctx, action: ChannelAction) -> Result<()> {
             Ok(())
         }
         ChannelAction::List { room } => {
-            let store = node::open_store(&ctx.dir)?;
+            let store = ctx.store()?;
             let r = resolve_room(&store, &room)?;
             let channels = store.channels(&r.id)?;
             ctx.print(
@@ -885,7 +995,7 @@ fn log_command(ctx: &Ctx, action: LogAction) -> Result<()> {
             limit,
             after,
         } => {
-            let store = node::open_store(&ctx.dir)?;
+            let store = ctx.store()?;
             let r = resolve_room(&store, &room)?;
             let after = after
                 .map(|c| c.parse())
@@ -925,7 +1035,7 @@ fn log_command(ctx: &Ctx, action: LogAction) -> Result<()> {
 }
 
 fn export(ctx: &Ctx, out: Option<&Path>) -> Result<()> {
-    let store = node::open_store(&ctx.dir)?;
+    let store = ctx.store()?;
     let records = store.records_in_dependency_order()?;
     let text = serde_json::to_string_pretty(&Bundle::new(&records))?;
     match out {
@@ -933,7 +1043,7 @@ fn export(ctx: &Ctx, out: Option<&Path>) -> Result<()> {
             tincan_store::datadir::write_atomic(path, text.as_bytes())?;
             eprintln!("exported {} records to {}", records.len(), path.display());
         }
-        None => println!("{text}"),
+        None => ctx.print(serde_json::from_str(&text)?, || text.clone()),
     }
     Ok(())
 }
@@ -942,7 +1052,7 @@ fn import(ctx: &Ctx, file: &Path) -> Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let bundle = Bundle::parse(&text)?;
-    let store = node::open_store(&ctx.dir)?;
+    let store = ctx.store()?;
     let mut refused: Vec<String> = Vec::new();
     let mut decoded = Vec::new();
     for (i, w) in bundle.wire().into_iter().enumerate() {

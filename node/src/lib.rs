@@ -4,5 +4,7 @@
 
 pub mod bundle;
 pub mod cli;
+pub mod control;
+pub mod daemon;
 pub mod node;
 pub mod password;

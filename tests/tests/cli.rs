@@ -51,12 +51,12 @@ fn init_id_and_up() {
     assert_eq!(id["username"], "alice");
     assert_eq!(id["user_id"].as_str().unwrap().len(), 64);
     assert!(id["node_id"].as_str().unwrap().starts_with("12D3KooW"));
-    let up = alice.json(&["up"]);
+    let up = alice.json(&["up", "--once"]);
     assert_eq!(up["user_id"], id["user_id"]);
     assert_eq!(up["peer_id"], id["node_id"]);
     // up signs up when there is no identity yet.
     let fresh = Tincan::new(&dir.path().join("fresh"), "pw");
-    let up = fresh.json(&["up", "--username", "carol"]);
+    let up = fresh.json(&["up", "--once", "--username", "carol"]);
     assert_eq!(up["username"], "carol");
     // A second init refuses to replace the identity.
     let err = alice.fails(&["init", "--username", "again"]);

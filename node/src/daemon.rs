@@ -1,0 +1,178 @@
+//! `tincan up`: the node's main loop. It keeps the unlocked node, serves the
+//! local control endpoint (see [`crate::control`]) and stops cleanly on
+//! Ctrl-C or SIGTERM, removing its control file.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, anyhow};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::cli::{Ctx, dispatch};
+use crate::control::{ControlFile, MAX_LINE_BYTES, Request, Response, control_path};
+use crate::node::Node;
+
+/// Most control requests served at once; more wait for a free slot.
+const MAX_CONCURRENT_REQUESTS: usize = 16;
+
+/// Options of `tincan up`.
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    /// Port of the control endpoint on 127.0.0.1 (0: any free port).
+    pub control_port: u16,
+}
+
+/// Runs the node until Ctrl-C or SIGTERM.
+pub fn run(node: Node, options: UpOptions) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(node, options))
+}
+
+async fn serve(node: Node, options: UpOptions) -> Result<()> {
+    let dir = node.dir.clone();
+    let listener = TcpListener::bind(("127.0.0.1", options.control_port))
+        .await
+        .with_context(|| format!("cannot listen on 127.0.0.1:{}", options.control_port))?;
+    let addr = listener.local_addr()?;
+    let mut token = [0u8; 16];
+    getrandom::fill(&mut token).map_err(|e| anyhow!("no randomness: {e}"))?;
+    let control = ControlFile {
+        addr,
+        token: hex::encode(token),
+        pid: std::process::id(),
+    };
+    let path = control_path(&dir);
+    tincan_store::datadir::write_atomic(&path, serde_json::to_string_pretty(&control)?.as_bytes())?;
+    tracing::info!(%addr, "control endpoint listening");
+    eprintln!("Node running; control endpoint {addr}. Ctrl-C to stop.");
+
+    let node = Arc::new(Mutex::new(Some(node)));
+    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
+    let token = Arc::new(control.token);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                };
+                let Ok(permit) = slots.clone().acquire_owned().await else { break };
+                let (node, token) = (node.clone(), token.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, node, &token).await {
+                        tracing::debug!(%peer, error = %e, "control request failed");
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+    eprintln!("Stopping.");
+    let _ = std::fs::remove_file(&path);
+    // Wait for requests in flight, then close the store.
+    let _ = slots.acquire_many(MAX_CONCURRENT_REQUESTS as u32).await;
+    if let Ok(mut n) = node.lock() {
+        n.take();
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Compares tokens in time independent of where they differ.
+fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+async fn handle(stream: TcpStream, node: Arc<Mutex<Option<Node>>>, token: &str) -> Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read.take(MAX_LINE_BYTES));
+    let mut line = String::new();
+    reader.read_line(&mut line).await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Err(e) => Response {
+            error: Some(format!("bad control request: {e}")),
+            ..Default::default()
+        },
+        Ok(req) if !same_token(&req.token, token) => Response {
+            error: Some("bad control token: is this the node of another data directory?".into()),
+            ..Default::default()
+        },
+        Ok(req) => {
+            // Commands touch the store (fsync): keep them off the async threads.
+            tokio::task::spawn_blocking(move || execute(&node, req))
+                .await
+                .unwrap_or_else(|e| Response {
+                    error: Some(format!("the command failed unexpectedly: {e}")),
+                    ..Default::default()
+                })
+        }
+    };
+    let mut text = serde_json::to_string(&response)?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    write.shutdown().await?;
+    Ok(())
+}
+
+fn execute(node: &Mutex<Option<Node>>, req: Request) -> Response {
+    let mut guard = match node.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    let Some(n) = guard.take() else {
+        return Response {
+            error: Some("the node is shutting down".into()),
+            ..Default::default()
+        };
+    };
+    let ctx = Ctx::with_node(n);
+    let result = dispatch(&ctx, req.command.into_command());
+    let (n, outputs) = ctx.into_parts();
+    *guard = n;
+    match result {
+        Ok(()) => Response {
+            outputs: Some(outputs),
+            error: None,
+        },
+        Err(e) => Response {
+            outputs: None,
+            error: Some(format!("{e:#}")),
+        },
+    }
+}
