@@ -23,6 +23,7 @@ pub mod datadir;
 mod error;
 mod keys;
 mod query;
+mod sync;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,6 +38,7 @@ pub use apply::Applied;
 pub use error::{ApplyError, OpenError, StorageError};
 pub use keys::Waiting;
 pub use query::{ChannelView, LogCursor, LogEntry, LogPage, MemberView, ProfileView, RoomView};
+pub use sync::{RANK_CHANNEL, RANK_LOG, RANK_MEMBER, RANK_PROFILE, RANK_ROOM};
 
 /// Marks a redb file as a tincan store, and its schema version.
 const SCHEMA: &str = "tincan-store/1";

@@ -1,0 +1,149 @@
+//! Configuration of a mesh node.
+
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+
+use crate::rate::Rate;
+use crate::reconcile::ReconcileConfig;
+
+/// How a mesh node starts. [`MeshConfig::new`] gives the defaults for a
+/// player's node; bootstrap nodes set [`MeshConfig::kademlia_server`] and
+/// [`MeshConfig::relay_server`].
+#[derive(Clone, Debug)]
+pub struct MeshConfig {
+    /// The node key's seed (`tincan_core::NodeKey::seed()`): it gives the
+    /// libp2p keypair and so the PeerId.
+    pub node_key_seed: [u8; 32],
+    /// Addresses to listen on, e.g. `/ip4/0.0.0.0/udp/0/quic-v1` and
+    /// `/ip4/0.0.0.0/tcp/0`.
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Bootstrap peers, each with its `/p2p/<peer id>`: dialled at start and
+    /// seeded into Kademlia.
+    pub bootstrap_peers: Vec<Multiaddr>,
+    /// Relays to listen through (`/.../p2p/<relay id>`), for nodes behind NAT.
+    pub relays: Vec<Multiaddr>,
+    /// Find peers on the LAN by mDNS.
+    pub mdns: bool,
+    /// Answer Kademlia queries (bootstrap nodes); others stay clients until
+    /// AutoNAT confirms a public address.
+    pub kademlia_server: bool,
+    /// Serve as a libp2p relay v2 (bootstrap nodes).
+    pub relay_server: bool,
+    /// How often each subscribed room is synced with a few peers, beside the
+    /// syncs on connect and on subscribe.
+    pub sync_interval: Duration,
+    /// Peers picked per scope at each periodic sync.
+    pub sync_peers_per_round: usize,
+    /// gossipsub heartbeat (mesh upkeep, gossip of message ids).
+    pub gossip_heartbeat: Duration,
+    /// Connections without traffic close after this.
+    pub idle_connection_timeout: Duration,
+    /// Reconciliation bounds.
+    pub reconcile: ReconcileConfig,
+    /// Rate limits and queue bounds.
+    pub limits: Limits,
+    /// Agent string sent by identify.
+    pub agent: String,
+}
+
+impl MeshConfig {
+    /// Defaults for a player's node with this node key seed, listening on
+    /// QUIC and TCP on every interface, mDNS on.
+    pub fn new(node_key_seed: [u8; 32]) -> Self {
+        MeshConfig {
+            node_key_seed,
+            listen_addrs: vec![
+                "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("valid literal"),
+                "/ip4/0.0.0.0/tcp/0".parse().expect("valid literal"),
+            ],
+            bootstrap_peers: Vec::new(),
+            relays: Vec::new(),
+            mdns: true,
+            kademlia_server: false,
+            relay_server: false,
+            sync_interval: Duration::from_secs(30),
+            sync_peers_per_round: 2,
+            gossip_heartbeat: Duration::from_secs(1),
+            idle_connection_timeout: Duration::from_secs(120),
+            reconcile: ReconcileConfig::default(),
+            limits: Limits::default(),
+            agent: format!("tincan/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    /// For tests and in-process harnesses: TCP on 127.0.0.1 with a free
+    /// port, no mDNS, a fast heartbeat.
+    pub fn loopback(node_key_seed: [u8; 32]) -> Self {
+        MeshConfig {
+            listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid literal")],
+            mdns: false,
+            gossip_heartbeat: Duration::from_millis(200),
+            ..MeshConfig::new(node_key_seed)
+        }
+    }
+}
+
+/// Bounds on what a node accepts and queues. Every limit says what happens
+/// when it is reached.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Gossip records accepted from one peer (the one that forwarded them to
+    /// us); past it messages are ignored (not forwarded, not stored, no
+    /// penalty) and counted in [`crate::MeshStats::rate_limited`].
+    pub per_peer: Rate,
+    /// Gossip records accepted by one author, whoever forwards them; past it
+    /// as above.
+    pub per_author: Rate,
+    /// Authors tracked by the per-author limit; past it the least recently
+    /// seen is forgotten.
+    pub max_tracked_authors: usize,
+    /// Jobs waiting for the store writer; past it gossip is ignored and
+    /// counted in [`crate::MeshStats::queue_full`], and a sync batch ends its
+    /// session (the next sync fetches it again).
+    pub apply_queue: usize,
+    /// Records applied in one transaction by the writer (group commit).
+    pub max_apply_batch: usize,
+    /// Outbound sync sessions at once; more wait in a queue of
+    /// [`Limits::max_queued_syncs`], past which they are dropped and counted
+    /// (the periodic sync tries again).
+    pub max_sessions: usize,
+    /// Sync sessions waiting to start.
+    pub max_queued_syncs: usize,
+    /// Inbound sync requests being answered at once; more are refused
+    /// ("busy") and the peer tries later.
+    pub max_inbound_syncs: usize,
+    /// Rooms a node subscribes to; past it `subscribe_room` fails.
+    pub max_rooms: usize,
+    /// Connections at once (in and out); past it new ones are refused.
+    pub max_connections: u32,
+    /// Commands from the handle waiting for the node's task.
+    pub command_queue: usize,
+    /// How long an outbound sync request may take.
+    pub sync_request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            per_peer: Rate {
+                per_second: 200.0,
+                burst: 1000.0,
+            },
+            per_author: Rate {
+                per_second: 50.0,
+                burst: 500.0,
+            },
+            max_tracked_authors: 10_000,
+            apply_queue: 1024,
+            max_apply_batch: 4096,
+            max_sessions: 64,
+            max_queued_syncs: 1024,
+            max_inbound_syncs: 16,
+            max_rooms: 1024,
+            max_connections: 256,
+            command_queue: 256,
+            sync_request_timeout: Duration::from_secs(20),
+        }
+    }
+}

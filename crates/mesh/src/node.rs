@@ -1,0 +1,1183 @@
+//! A running mesh node: the [`Mesh`] handle, the task that owns the swarm,
+//! and the store writer.
+//!
+//! Three tasks:
+//! - the swarm task owns the swarm and all per-peer state; it never blocks:
+//!   store work goes to blocking threads and comes back as messages;
+//! - the writer takes gossip and synced records from a bounded queue,
+//!   verifies them and applies many at once in one transaction (group
+//!   commit), and reports each outcome back (gossip needs one to tell
+//!   gossipsub whether to forward);
+//! - sync answers run on blocking threads, at most
+//!   [`Limits::max_inbound_syncs`] at once.
+//!
+//! Gossip validation maps the store's outcome to gossipsub's verdict:
+//! undecodable, oversized, forged, off-topic or rule-breaking records are
+//! rejected (the forwarding peer loses score); duplicates and superseded
+//! versions are ignored (not forwarded, no penalty); stored records are
+//! accepted and forwarded. A record that waits in the pending set for its
+//! room or its author's membership is accepted too: it is signed, passes the
+//! checks that need only itself, and belongs to the topic's room, so it is no
+//! sign of a bad peer (gossip does not keep order between publishers), and
+//! its parent is likely on its way to the next peers as well. The pending
+//! set is bounded by the store and the per-author limit caps what one author
+//! can park.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, TopicHash};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns, ping};
+use tincan_core::{MAX_RECORD_BYTES, RoomId, SignedRecord, UnverifiedRecord, UserId};
+use tincan_store::{Applied, Store};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::behaviour::{
+    Behaviour, BehaviourEvent, KAD_PROTOCOL, build_swarm, profiles_topic, room_topic,
+    topic_score_params,
+};
+use crate::config::{Limits, MeshConfig};
+use crate::error::{DialError, PublishError, StartError, Stopped, SubscribeError};
+use crate::protocol::{SYNC_PROTOCOL, Scope, SyncItem, SyncRequest, SyncResponse};
+use crate::rate::RateLimiter;
+use crate::reconcile::{self, ReconcileConfig, Session};
+
+/// Counters of what a node did, for `tincan peers` and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeshStats {
+    /// Gossip records accepted (stored or pending) and forwarded.
+    pub gossip_accepted: u64,
+    /// Gossip messages rejected (sender penalised).
+    pub gossip_rejected: u64,
+    /// Gossip messages ignored (duplicates, superseded, store failures).
+    pub gossip_ignored: u64,
+    /// Gossip messages dropped by the per-peer or per-author rate limit.
+    pub rate_limited: u64,
+    /// Jobs dropped because the writer's queue was full.
+    pub queue_full: u64,
+    /// Outbound sync sessions started.
+    pub syncs_started: u64,
+    /// Outbound sync sessions that ran to their end.
+    pub syncs_completed: u64,
+    /// Sync sessions dropped before starting (queue full).
+    pub syncs_dropped: u64,
+    /// Records received by sync and stored (or parked as pending).
+    pub synced_records: u64,
+    /// Records received by sync and refused (bad signature, rules, off scope).
+    pub synced_rejected: u64,
+    /// Inbound sync requests refused because too many were being answered.
+    pub sync_refused_busy: u64,
+}
+
+/// What the node knows of a connected peer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerInfo {
+    /// The peer.
+    pub peer_id: PeerId,
+    /// The address of one connection to it.
+    pub address: Multiaddr,
+    /// Last ping round trip.
+    pub rtt: Option<Duration>,
+    /// Its gossipsub score (negative after invalid records).
+    pub score: Option<f64>,
+    /// Its identify agent string.
+    pub agent: Option<String>,
+}
+
+type SessionKey = (PeerId, Scope);
+
+enum Command {
+    Publish {
+        topic: IdentTopic,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<bool, String>>,
+    },
+    Subscribe {
+        room: RoomId,
+        reply: oneshot::Sender<Result<(), SubscribeError>>,
+    },
+    Unsubscribe {
+        room: RoomId,
+        reply: oneshot::Sender<()>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), DialError>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Stats {
+        reply: oneshot::Sender<MeshStats>,
+    },
+    SyncNow {
+        reply: oneshot::Sender<()>,
+    },
+    Block {
+        peer: PeerId,
+        blocked: bool,
+        reply: oneshot::Sender<()>,
+    },
+    Shutdown,
+}
+
+/// Work for the store writer.
+enum WriteJob {
+    Gossip {
+        msg_id: MessageId,
+        source: PeerId,
+        record: Box<UnverifiedRecord>,
+    },
+    Sync {
+        key: SessionKey,
+        records: Vec<Vec<u8>>,
+    },
+}
+
+/// What came back from blocking work.
+enum Internal {
+    Validated {
+        msg_id: MessageId,
+        source: PeerId,
+        acceptance: MessageAcceptance,
+    },
+    SyncApplied {
+        key: SessionKey,
+        stored: u64,
+        rejected: u64,
+    },
+    SessionReady {
+        key: SessionKey,
+        session: Option<Box<Session>>,
+    },
+    Answer {
+        channel: ResponseChannel<SyncResponse>,
+        response: SyncResponse,
+    },
+}
+
+/// A handle on a running mesh node. Cheap to clone; the node stops when
+/// [`Mesh::shutdown`] is called or every handle is dropped.
+#[derive(Clone)]
+pub struct Mesh {
+    peer_id: PeerId,
+    store: Arc<Store>,
+    commands: mpsc::Sender<Command>,
+    task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("peer_id", &self.peer_id)
+            .finish()
+    }
+}
+
+impl Mesh {
+    /// Builds the swarm, starts listening, dials the bootstrap peers and
+    /// relays, and runs the node on the current tokio runtime.
+    pub async fn start(config: MeshConfig, store: Arc<Store>) -> Result<Mesh, StartError> {
+        let mut swarm = build_swarm(&config)?;
+        let peer_id = *swarm.local_peer_id();
+        for addr in &config.listen_addrs {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| StartError::Listen {
+                    addr: addr.to_string(),
+                    detail: e.to_string(),
+                })?;
+        }
+        let profiles = profiles_topic();
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&profiles)
+            .map_err(|e| StartError::Build(format!("subscribe to profiles: {e}")))?;
+        let _ = swarm
+            .behaviour_mut()
+            .gossipsub
+            .set_topic_params(profiles.clone(), topic_score_params());
+        for addr in &config.bootstrap_peers {
+            if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                swarm
+                    .behaviour_mut()
+                    .kademlia
+                    .add_address(&peer, addr.clone());
+            }
+            if let Err(e) = swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, "cannot dial bootstrap peer: {e}");
+            }
+        }
+        if !config.bootstrap_peers.is_empty() {
+            let _ = swarm.behaviour_mut().kademlia.bootstrap();
+        }
+        for relay in &config.relays {
+            if let Err(e) = swarm.listen_on(relay.clone().with(Protocol::P2pCircuit)) {
+                tracing::warn!(%relay, "cannot listen through relay: {e}");
+            }
+        }
+        let limits = config.limits.clone();
+        let (commands, command_rx) = mpsc::channel(limits.command_queue.max(1));
+        let (writer_tx, writer_rx) = mpsc::channel(limits.apply_queue.max(1));
+        // Every producer of internal messages is bounded (writer batches,
+        // inbound answers, session starts), so this queue's bound is only a
+        // backstop: producers wait, they never drop.
+        let (internal_tx, internal_rx) = mpsc::channel(1024);
+        let mut topics = HashMap::new();
+        topics.insert(profiles.hash(), Scope::Profiles);
+        let driver = Driver {
+            swarm,
+            store: store.clone(),
+            reconcile: config.reconcile.clone(),
+            peer_limit: RateLimiter::new(limits.per_peer, limits.max_connections as usize + 16),
+            author_limit: RateLimiter::new(limits.per_author, limits.max_tracked_authors),
+            limits,
+            config,
+            rooms: HashSet::new(),
+            topics,
+            peers: HashMap::new(),
+            sessions: HashMap::new(),
+            paused: HashSet::new(),
+            starting: HashSet::new(),
+            queued: VecDeque::new(),
+            inflight: HashMap::new(),
+            inbound_busy: 0,
+            writer: writer_tx,
+            internal_tx: internal_tx.clone(),
+            stats: MeshStats::default(),
+            addr_waiters: Vec::new(),
+            round: 0,
+        };
+        tokio::spawn(writer(
+            store.clone(),
+            writer_rx,
+            internal_tx,
+            driver.limits.max_apply_batch,
+        ));
+        let task = tokio::spawn(driver.run(command_rx, internal_rx));
+        Ok(Mesh {
+            peer_id,
+            store,
+            commands,
+            task: Arc::new(std::sync::Mutex::new(Some(task))),
+        })
+    }
+
+    /// This node's PeerId.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The store the node applies records to.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Stopped> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Applies a record the local user wrote to the store (if not there
+    /// yet) and gossips it on its room's topic (profiles on the profiles
+    /// topic). Returns whether it reached any peer now; if not, catch-up
+    /// sync delivers it later. A record the rules refuse is not gossiped.
+    pub async fn publish(&self, record: SignedRecord) -> Result<bool, PublishError> {
+        let store = self.store.clone();
+        let bytes = record.to_bytes();
+        let topic = topic_of(&record);
+        let applied = tokio::task::spawn_blocking(move || store.apply(record))
+            .await
+            .map_err(|e| PublishError::Storage(tincan_store::StorageError(e.to_string())))?;
+        match applied {
+            Ok(_) => {}
+            Err(tincan_store::ApplyError::Rejected(e)) => return Err(PublishError::Rejected(e)),
+            Err(tincan_store::ApplyError::Storage(e)) => return Err(PublishError::Storage(e)),
+            Err(e) => {
+                return Err(PublishError::Storage(tincan_store::StorageError(
+                    e.to_string(),
+                )));
+            }
+        }
+        self.publish_unchecked(topic, bytes).await
+    }
+
+    /// Gossips bytes on a topic without any check, as they are. A node
+    /// never needs this: it exists so tests can play a faulty or hostile
+    /// peer.
+    #[doc(hidden)]
+    pub async fn publish_unchecked(
+        &self,
+        topic: IdentTopic,
+        bytes: Vec<u8>,
+    ) -> Result<bool, PublishError> {
+        self.ask(|reply| Command::Publish {
+            topic,
+            bytes,
+            reply,
+        })
+        .await?
+        .map_err(PublishError::Gossip)
+    }
+
+    /// Follows a room: subscribes to its topic and syncs it with every
+    /// connected peer.
+    pub async fn subscribe_room(&self, room: RoomId) -> Result<(), SubscribeError> {
+        self.ask(|reply| Command::Subscribe { room, reply }).await?
+    }
+
+    /// Stops following a room.
+    pub async fn unsubscribe_room(&self, room: RoomId) -> Result<(), Stopped> {
+        self.ask(|reply| Command::Unsubscribe { room, reply }).await
+    }
+
+    /// Dials an address (with or without `/p2p/<peer id>`).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), DialError> {
+        self.ask(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    /// The connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, Stopped> {
+        self.ask(|reply| Command::Peers { reply }).await
+    }
+
+    /// The addresses the node listens on, once it listens on at least one
+    /// (this waits for the first).
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, Stopped> {
+        self.ask(|reply| Command::ListenAddrs { reply }).await
+    }
+
+    /// Counters.
+    pub async fn stats(&self) -> Result<MeshStats, Stopped> {
+        self.ask(|reply| Command::Stats { reply }).await
+    }
+
+    /// Starts a sync of every followed room and of profiles with every
+    /// connected peer now (beside the periodic one).
+    pub async fn sync_now(&self) -> Result<(), Stopped> {
+        self.ask(|reply| Command::SyncNow { reply }).await
+    }
+
+    /// Blocks a peer (closes its connections and refuses new ones) or lifts
+    /// the block. For abusive peers, and for tests that cut links.
+    pub async fn set_blocked(&self, peer: PeerId, blocked: bool) -> Result<(), Stopped> {
+        self.ask(|reply| Command::Block {
+            peer,
+            blocked,
+            reply,
+        })
+        .await
+    }
+
+    /// Stops the node: closes every connection and ends its tasks.
+    pub async fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+}
+
+/// The topic a record is gossiped on.
+pub fn topic_of(record: &SignedRecord) -> IdentTopic {
+    match record.record().room() {
+        Some(room) => room_topic(&room),
+        None => profiles_topic(),
+    }
+}
+
+fn scope_of(record: &tincan_core::Record) -> Scope {
+    match record.room() {
+        Some(room) => Scope::Room(room),
+        None => Scope::Profiles,
+    }
+}
+
+struct PeerState {
+    address: Multiaddr,
+    rtt: Option<Duration>,
+    agent: Option<String>,
+    /// Whether it speaks our sync protocol (learnt from identify).
+    syncs: bool,
+}
+
+struct Driver {
+    swarm: Swarm<Behaviour>,
+    store: Arc<Store>,
+    config: MeshConfig,
+    limits: Limits,
+    reconcile: ReconcileConfig,
+    rooms: HashSet<RoomId>,
+    topics: HashMap<TopicHash, Scope>,
+    peers: HashMap<PeerId, PeerState>,
+    sessions: HashMap<SessionKey, Session>,
+    /// Sessions waiting for the writer to apply what they fetched.
+    paused: HashSet<SessionKey>,
+    /// Sessions listing this node's items before they start.
+    starting: HashSet<SessionKey>,
+    queued: VecDeque<SessionKey>,
+    inflight: HashMap<OutboundRequestId, SessionKey>,
+    inbound_busy: usize,
+    peer_limit: RateLimiter<PeerId>,
+    author_limit: RateLimiter<UserId>,
+    writer: mpsc::Sender<WriteJob>,
+    internal_tx: mpsc::Sender<Internal>,
+    stats: MeshStats,
+    addr_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
+    round: usize,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut internal: mpsc::Receiver<Internal>,
+    ) {
+        let mut periodic =
+            tokio::time::interval(self.config.sync_interval.max(Duration::from_millis(100)));
+        periodic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        periodic.tick().await;
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = commands.recv() => match command {
+                    None | Some(Command::Shutdown) => break,
+                    Some(c) => self.on_command(c),
+                },
+                Some(msg) = internal.recv() => self.on_internal(msg),
+                _ = periodic.tick() => self.periodic_sync(),
+            }
+        }
+        tracing::debug!(peer = %self.swarm.local_peer_id(), "mesh node stopped");
+    }
+
+    fn scopes(&self) -> Vec<Scope> {
+        let mut s: Vec<Scope> = self.rooms.iter().map(|r| Scope::Room(*r)).collect();
+        s.push(Scope::Profiles);
+        s
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Publish {
+                topic,
+                bytes,
+                reply,
+            } => {
+                let result = match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+                    Ok(_) => Ok(true),
+                    Err(
+                        gossipsub::PublishError::Duplicate
+                        | gossipsub::PublishError::NoPeersSubscribedToTopic
+                        | gossipsub::PublishError::AllQueuesFull(_),
+                    ) => Ok(false),
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Subscribe { room, reply } => {
+                let _ = reply.send(self.subscribe(room));
+            }
+            Command::Unsubscribe { room, reply } => {
+                let topic = room_topic(&room);
+                self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
+                self.topics.remove(&topic.hash());
+                self.rooms.remove(&room);
+                let _ = reply.send(());
+            }
+            Command::Dial { addr, reply } => {
+                let r = self.swarm.dial(addr.clone()).map_err(|e| DialError::Dial {
+                    addr: addr.to_string(),
+                    detail: e.to_string(),
+                });
+                let _ = reply.send(r);
+            }
+            Command::Peers { reply } => {
+                let g = &self.swarm.behaviour().gossipsub;
+                let mut out: Vec<PeerInfo> = self
+                    .peers
+                    .iter()
+                    .map(|(id, p)| PeerInfo {
+                        peer_id: *id,
+                        address: p.address.clone(),
+                        rtt: p.rtt,
+                        score: g.peer_score(id),
+                        agent: p.agent.clone(),
+                    })
+                    .collect();
+                out.sort_by_key(|p| p.peer_id);
+                let _ = reply.send(out);
+            }
+            Command::ListenAddrs { reply } => {
+                let addrs: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+                if addrs.is_empty() {
+                    if self.addr_waiters.len() < self.limits.command_queue {
+                        self.addr_waiters.push(reply);
+                    }
+                } else {
+                    let _ = reply.send(addrs);
+                }
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.stats.clone());
+            }
+            Command::SyncNow { reply } => {
+                let peers: Vec<PeerId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.syncs)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for scope in self.scopes() {
+                    for p in &peers {
+                        self.request_sync(*p, scope);
+                    }
+                }
+                let _ = reply.send(());
+            }
+            Command::Block {
+                peer,
+                blocked,
+                reply,
+            } => {
+                let list = &mut self.swarm.behaviour_mut().blocked;
+                if blocked {
+                    list.block_peer(peer);
+                } else {
+                    list.unblock_peer(peer);
+                }
+                let _ = reply.send(());
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn subscribe(&mut self, room: RoomId) -> Result<(), SubscribeError> {
+        if self.rooms.contains(&room) {
+            return Ok(());
+        }
+        if self.rooms.len() >= self.limits.max_rooms {
+            return Err(SubscribeError::TooManyRooms(self.rooms.len()));
+        }
+        let topic = room_topic(&room);
+        let g = &mut self.swarm.behaviour_mut().gossipsub;
+        g.subscribe(&topic)
+            .map_err(|e| SubscribeError::Gossip(e.to_string()))?;
+        let _ = g.set_topic_params(topic.clone(), topic_score_params());
+        self.topics.insert(topic.hash(), Scope::Room(room));
+        self.rooms.insert(room);
+        let peers: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.syncs)
+            .map(|(id, _)| *id)
+            .collect();
+        for p in peers {
+            self.request_sync(p, Scope::Room(room));
+        }
+        Ok(())
+    }
+
+    fn periodic_sync(&mut self) {
+        let now = Instant::now();
+        self.author_limit.prune(now, Duration::from_secs(600));
+        let peers: Vec<PeerId> = {
+            let mut v: Vec<PeerId> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.syncs)
+                .map(|(id, _)| *id)
+                .collect();
+            v.sort();
+            v
+        };
+        if peers.is_empty() {
+            return;
+        }
+        self.round = self.round.wrapping_add(1);
+        let n = self.config.sync_peers_per_round.clamp(1, peers.len());
+        for scope in self.scopes() {
+            for i in 0..n {
+                let p = peers[(self.round * n + i) % peers.len()];
+                self.request_sync(p, scope);
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::debug!(%address, "listening");
+                let addrs: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+                for w in self.addr_waiters.drain(..) {
+                    let _ = w.send(addrs.clone());
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                self.peers.entry(peer_id).or_insert(PeerState {
+                    address: endpoint.get_remote_address().clone(),
+                    rtt: None,
+                    agent: None,
+                    syncs: false,
+                });
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.peers.remove(&peer_id);
+                self.peer_limit.forget(&peer_id);
+                self.sessions.retain(|(p, _), _| *p != peer_id);
+                self.paused.retain(|(p, _)| *p != peer_id);
+                self.queued.retain(|(p, _)| *p != peer_id);
+                self.inflight.retain(|_, (p, _)| *p != peer_id);
+                self.start_queued();
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => self.on_gossip(propagation_source, message_id, message),
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic, .. }) => {
+                if let Some(scope) = self.topics.get(&topic).copied()
+                    && self.peers.get(&peer_id).is_some_and(|p| p.syncs)
+                {
+                    self.request_sync(peer_id, scope);
+                }
+            }
+            BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let syncs = info.protocols.contains(&SYNC_PROTOCOL);
+                if info.protocols.contains(&KAD_PROTOCOL) {
+                    for addr in &info.listen_addrs {
+                        self.swarm
+                            .behaviour_mut()
+                            .kademlia
+                            .add_address(&peer_id, addr.clone());
+                    }
+                }
+                let first = match self.peers.get_mut(&peer_id) {
+                    Some(p) => {
+                        p.agent = Some(info.agent_version.clone());
+                        let first = syncs && !p.syncs;
+                        p.syncs = syncs;
+                        first
+                    }
+                    None => false,
+                };
+                if first {
+                    // Sync on connect: everything followed, with this peer.
+                    for scope in self.scopes() {
+                        self.request_sync(peer_id, scope);
+                    }
+                }
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.rtt = Some(rtt);
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    if !self.swarm.is_connected(&peer) {
+                        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                            .addresses(vec![addr])
+                            .build();
+                        if let Err(e) = self.swarm.dial(opts) {
+                            tracing::debug!(%peer, "cannot dial a peer found by mDNS: {e}");
+                        }
+                    }
+                }
+            }
+            BehaviourEvent::Kademlia(kad::Event::RoutingUpdated { peer, .. }) => {
+                tracing::trace!(%peer, "kademlia routing updated");
+            }
+            _ => {}
+        }
+    }
+
+    fn report(&mut self, msg_id: &MessageId, source: &PeerId, acceptance: MessageAcceptance) {
+        match acceptance {
+            MessageAcceptance::Accept => self.stats.gossip_accepted += 1,
+            MessageAcceptance::Reject => self.stats.gossip_rejected += 1,
+            MessageAcceptance::Ignore => self.stats.gossip_ignored += 1,
+        }
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(msg_id, source, acceptance);
+    }
+
+    fn on_gossip(&mut self, source: PeerId, msg_id: MessageId, message: gossipsub::Message) {
+        let Some(scope) = self.topics.get(&message.topic).copied() else {
+            self.report(&msg_id, &source, MessageAcceptance::Ignore);
+            return;
+        };
+        if message.data.len() > MAX_RECORD_BYTES {
+            self.report(&msg_id, &source, MessageAcceptance::Reject);
+            return;
+        }
+        let record = match UnverifiedRecord::decode(&message.data) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(%source, "undecodable gossip: {e}");
+                self.report(&msg_id, &source, MessageAcceptance::Reject);
+                return;
+            }
+        };
+        if scope_of(record.record()) != scope {
+            tracing::debug!(%source, "record gossiped on another room's topic");
+            self.report(&msg_id, &source, MessageAcceptance::Reject);
+            return;
+        }
+        let now = Instant::now();
+        let author = record.record().author;
+        if !self.peer_limit.allow(&source, now) || !self.author_limit.allow(&author, now) {
+            self.stats.rate_limited += 1;
+            self.report(&msg_id, &source, MessageAcceptance::Ignore);
+            return;
+        }
+        let job = WriteJob::Gossip {
+            msg_id,
+            source,
+            record: Box::new(record),
+        };
+        if let Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) =
+            self.writer.try_send(job)
+        {
+            self.stats.queue_full += 1;
+            if let WriteJob::Gossip { msg_id, source, .. } = job {
+                self.report(&msg_id, &source, MessageAcceptance::Ignore);
+            }
+        }
+    }
+
+    fn on_internal(&mut self, msg: Internal) {
+        match msg {
+            Internal::Validated {
+                msg_id,
+                source,
+                acceptance,
+            } => self.report(&msg_id, &source, acceptance),
+            Internal::SyncApplied {
+                key,
+                stored,
+                rejected,
+            } => {
+                self.stats.synced_records += stored;
+                self.stats.synced_rejected += rejected;
+                self.paused.remove(&key);
+                self.drive(key);
+            }
+            Internal::SessionReady { key, session } => {
+                self.starting.remove(&key);
+                match session {
+                    Some(s) if self.peers.contains_key(&key.0) => {
+                        self.stats.syncs_started += 1;
+                        self.sessions.insert(key, *s);
+                        self.drive(key);
+                    }
+                    _ => self.start_queued(),
+                }
+            }
+            Internal::Answer { channel, response } => {
+                self.inbound_busy = self.inbound_busy.saturating_sub(1);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, response);
+            }
+        }
+    }
+
+    /// Asks for a sync of `scope` with `peer`, now or when a slot frees.
+    fn request_sync(&mut self, peer: PeerId, scope: Scope) {
+        let key = (peer, scope);
+        if self.sessions.contains_key(&key) || self.starting.contains(&key) {
+            return;
+        }
+        if self.sessions.len() + self.starting.len() >= self.limits.max_sessions {
+            if !self.queued.contains(&key) {
+                if self.queued.len() >= self.limits.max_queued_syncs {
+                    self.stats.syncs_dropped += 1;
+                } else {
+                    self.queued.push_back(key);
+                }
+            }
+            return;
+        }
+        self.starting.insert(key);
+        let store = self.store.clone();
+        let tx = self.internal_tx.clone();
+        let cfg = self.reconcile.clone();
+        tokio::spawn(async move {
+            let listed = tokio::task::spawn_blocking(move || list_items(&store, scope)).await;
+            let session = match listed {
+                Ok(Ok(items)) => Some(Box::new(Session::new(scope, items, &cfg))),
+                Ok(Err(e)) => {
+                    tracing::warn!("cannot list records for sync: {e}");
+                    None
+                }
+                Err(_) => None,
+            };
+            let _ = tx.send(Internal::SessionReady { key, session }).await;
+        });
+    }
+
+    fn start_queued(&mut self) {
+        while self.sessions.len() + self.starting.len() < self.limits.max_sessions {
+            let Some(key) = self.queued.pop_front() else {
+                break;
+            };
+            if self.peers.contains_key(&key.0) {
+                self.request_sync(key.0, key.1);
+            }
+        }
+    }
+
+    /// Sends the session's next request, or ends it.
+    fn drive(&mut self, key: SessionKey) {
+        if self.paused.contains(&key) {
+            return;
+        }
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        if session.is_awaiting() {
+            return;
+        }
+        match session.poll_request() {
+            Some(req) => {
+                let id = self.swarm.behaviour_mut().sync.send_request(&key.0, req);
+                self.inflight.insert(id, key);
+            }
+            None => {
+                if let Some(s) = self.sessions.remove(&key) {
+                    let st = s.stats();
+                    tracing::debug!(peer = %key.0, scope = ?key.1, ?st, "sync session ended");
+                    self.stats.syncs_completed += 1;
+                }
+                self.start_queued();
+            }
+        }
+    }
+
+    fn on_sync_event(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.answer(peer, request, channel),
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let Some(key) = self.inflight.remove(&request_id) else {
+                    return;
+                };
+                let Some(session) = self.sessions.get_mut(&key) else {
+                    return;
+                };
+                match session.handle_response(response) {
+                    Ok(records) if !records.is_empty() => {
+                        match self.writer.try_send(WriteJob::Sync { key, records }) {
+                            Ok(()) => {
+                                self.paused.insert(key);
+                            }
+                            Err(_) => {
+                                self.stats.queue_full += 1;
+                                self.sessions.remove(&key);
+                                self.start_queued();
+                            }
+                        }
+                    }
+                    Ok(_) => self.drive(key),
+                    Err(e) => {
+                        tracing::debug!(peer = %key.0, "sync: {e}");
+                        self.drive(key);
+                    }
+                }
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(key) = self.inflight.remove(&request_id) {
+                    tracing::debug!(peer = %key.0, "sync request failed: {error}");
+                    self.sessions.remove(&key);
+                    self.start_queued();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn answer(
+        &mut self,
+        peer: PeerId,
+        request: SyncRequest,
+        channel: ResponseChannel<SyncResponse>,
+    ) {
+        if self.inbound_busy >= self.limits.max_inbound_syncs {
+            self.stats.sync_refused_busy += 1;
+            let _ = self.swarm.behaviour_mut().sync.send_response(
+                channel,
+                SyncResponse::Refused {
+                    reason: "busy; try again later".into(),
+                },
+            );
+            return;
+        }
+        tracing::trace!(%peer, "answering a sync request");
+        self.inbound_busy += 1;
+        let store = self.store.clone();
+        let cfg = self.reconcile.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let response =
+                tokio::task::spawn_blocking(move || answer_request(&store, request, &cfg))
+                    .await
+                    .unwrap_or_else(|e| SyncResponse::Refused {
+                        reason: format!("internal error: {e}"),
+                    });
+            let _ = tx.send(Internal::Answer { channel, response }).await;
+        });
+    }
+}
+
+fn list_items(store: &Store, scope: Scope) -> Result<Vec<SyncItem>, tincan_store::StorageError> {
+    let raw = match scope {
+        Scope::Room(room) => store.room_sync_items(&room)?,
+        Scope::Profiles => store.profile_sync_items()?,
+    };
+    Ok(raw
+        .into_iter()
+        .map(|(rank, id)| SyncItem { rank, id })
+        .collect())
+}
+
+fn answer_request(store: &Store, request: SyncRequest, cfg: &ReconcileConfig) -> SyncResponse {
+    match request {
+        SyncRequest::Reconcile { scope, ranges } => {
+            let items = match list_items(store, scope) {
+                Ok(i) => i,
+                Err(e) => {
+                    return SyncResponse::Refused {
+                        reason: format!("store failure: {e}"),
+                    };
+                }
+            };
+            match reconcile::respond(&items, &ranges, cfg) {
+                Ok(ranges) => SyncResponse::Reconcile { ranges },
+                Err(e) => SyncResponse::Refused {
+                    reason: e.to_string(),
+                },
+            }
+        }
+        SyncRequest::Fetch { ids } => {
+            let n = ids.len().min(cfg.max_fetch_ids.max(1));
+            match store.record_bytes(&ids[..n], cfg.max_fetch_response_bytes) {
+                Ok(found) => SyncResponse::Records {
+                    served: found.len() as u32,
+                    records: found.into_iter().flatten().collect(),
+                },
+                Err(e) => SyncResponse::Refused {
+                    reason: format!("store failure: {e}"),
+                },
+            }
+        }
+    }
+}
+
+/// The store writer: takes jobs from the queue, as many as are waiting (up
+/// to `max_batch` records), and applies them in one transaction.
+async fn writer(
+    store: Arc<Store>,
+    mut jobs: mpsc::Receiver<WriteJob>,
+    out: mpsc::Sender<Internal>,
+    max_batch: usize,
+) {
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        let mut size = job_size(&batch[0]);
+        while size < max_batch {
+            match jobs.try_recv() {
+                Ok(j) => {
+                    size += job_size(&j);
+                    batch.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        let store = store.clone();
+        let results = match tokio::task::spawn_blocking(move || apply_jobs(&store, batch)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("store writer failed: {e}");
+                continue;
+            }
+        };
+        for r in results {
+            if out.send(r).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn job_size(job: &WriteJob) -> usize {
+    match job {
+        WriteJob::Gossip { .. } => 1,
+        WriteJob::Sync { records, .. } => records.len(),
+    }
+}
+
+enum Slot {
+    Gossip {
+        msg_id: MessageId,
+        source: PeerId,
+        index: Option<usize>,
+    },
+    Sync {
+        key: SessionKey,
+        indexes: std::ops::Range<usize>,
+        refused: u64,
+    },
+}
+
+fn apply_jobs(store: &Store, jobs: Vec<WriteJob>) -> Vec<Internal> {
+    let mut records: Vec<SignedRecord> = Vec::new();
+    let mut slots = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        match job {
+            WriteJob::Gossip {
+                msg_id,
+                source,
+                record,
+            } => {
+                let index = match record.verify() {
+                    Ok(r) => {
+                        records.push(r);
+                        Some(records.len() - 1)
+                    }
+                    Err(_) => None,
+                };
+                slots.push(Slot::Gossip {
+                    msg_id,
+                    source,
+                    index,
+                });
+            }
+            WriteJob::Sync { key, records: raw } => {
+                let mut refused = 0u64;
+                let mut decoded = Vec::with_capacity(raw.len());
+                for bytes in raw {
+                    match UnverifiedRecord::decode(&bytes) {
+                        Ok(u) if scope_of(u.record()) == key.1 => decoded.push(u),
+                        _ => refused += 1,
+                    }
+                }
+                let start = records.len();
+                for v in tincan_core::record::verify_batch(decoded, 2) {
+                    match v {
+                        Ok(r) => records.push(r),
+                        Err(_) => refused += 1,
+                    }
+                }
+                slots.push(Slot::Sync {
+                    key,
+                    indexes: start..records.len(),
+                    refused,
+                });
+            }
+        }
+    }
+    let outcomes = match store.apply_batch(records) {
+        Ok(o) => Some(o),
+        Err(e) => {
+            tracing::error!("store failure while applying received records: {e}");
+            None
+        }
+    };
+    slots
+        .into_iter()
+        .map(|slot| match slot {
+            Slot::Gossip {
+                msg_id,
+                source,
+                index,
+            } => {
+                let acceptance = match index {
+                    None => MessageAcceptance::Reject,
+                    Some(i) => match outcomes.as_ref().and_then(|o| o.get(i)) {
+                        None => MessageAcceptance::Ignore,
+                        Some(Err(_)) => MessageAcceptance::Reject,
+                        Some(Ok(Applied::Duplicate | Applied::Superseded)) => {
+                            MessageAcceptance::Ignore
+                        }
+                        Some(Ok(_)) => MessageAcceptance::Accept,
+                    },
+                };
+                Internal::Validated {
+                    msg_id,
+                    source,
+                    acceptance,
+                }
+            }
+            Slot::Sync {
+                key,
+                indexes,
+                mut refused,
+            } => {
+                let mut stored = 0;
+                if let Some(o) = outcomes.as_ref() {
+                    for i in indexes {
+                        match o.get(i) {
+                            Some(Ok(Applied::Duplicate | Applied::Superseded)) | None => {}
+                            Some(Ok(_)) => stored += 1,
+                            Some(Err(_)) => refused += 1,
+                        }
+                    }
+                }
+                Internal::SyncApplied {
+                    key,
+                    stored,
+                    rejected: refused,
+                }
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,531 @@
+//! Real nodes over loopback TCP in one process: convergence, hostile peers,
+//! partitions, late joiners. Figures are printed (run with `--nocapture`),
+//! never asserted; assertions check state, with generous time bounds.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tincan_core::{ChannelId, Hlc, RecordId, RoomId, RoomSettings, make};
+use tincan_mesh::{MeshConfig, Rate, room_topic};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+async fn room_state(node: &Node, room: &RoomId) -> (usize, usize, usize) {
+    let s = &node.store;
+    let has_room = usize::from(s.room(room).unwrap().is_some());
+    let channels = s.channels(room).unwrap().len();
+    let logs = s
+        .log(room, Hlc::ZERO, Hlc(u64::MAX), None, 100_000)
+        .unwrap()
+        .entries
+        .len();
+    (has_room, channels, logs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_converge_on_a_new_room() {
+    init_tracing();
+    let mut nodes = Vec::new();
+    for i in 0..5 {
+        nodes.push(node(100 + i).await);
+    }
+    // A ring: every record must be forwarded to reach the far side.
+    for i in 0..5 {
+        let next = &nodes[(i + 1) % 5];
+        nodes[i].mesh.dial(next.addr.clone()).await.unwrap();
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_connected(&refs, 2).await;
+    let owner = user(1);
+    let guest = user(2);
+    let mut clock = Clock::new(1_000);
+    let (room, room_rec) = make::room(
+        &owner,
+        clock.next(),
+        [1; 16],
+        "LAN party",
+        RoomSettings::default(),
+    )
+    .unwrap();
+    for n in &nodes {
+        n.mesh.subscribe_room(room).await.unwrap();
+    }
+    // Let subscriptions spread and the gossip mesh form (a few heartbeats).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    let start = Instant::now();
+    publish(&nodes[0], room_rec).await;
+    for c in 0..3u8 {
+        let ch = make::channel(
+            &owner,
+            clock.next(),
+            room,
+            ChannelId([c; 16]),
+            &format!("channel {c}"),
+            "",
+            vec![],
+        )
+        .unwrap();
+        publish(&nodes[0], ch).await;
+    }
+    for i in 0..10 {
+        publish(
+            &nodes[0],
+            make::log(&owner, clock.next(), room, &format!("owner {i}")).unwrap(),
+        )
+        .await;
+    }
+    // A second writer, on the far side of the ring.
+    publish(&nodes[2], make::join(&guest, clock.next(), room).unwrap()).await;
+    publish(
+        &nodes[2],
+        make::log(&guest, clock.next(), room, "guest joined").unwrap(),
+    )
+    .await;
+
+    let took = eventually(LIMIT, || async {
+        for n in &nodes {
+            if room_state(n, &room).await != (1, 3, 11) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let mut states = Vec::new();
+    for n in &nodes {
+        states.push(room_state(n, &room).await);
+    }
+    assert!(took.is_some(), "not converged within {LIMIT:?}: {states:?}");
+    println!(
+        "FIGURE five_nodes: room + 3 channels + 11 log entries on all 5 nodes {:.0} ms after the first publish",
+        start.elapsed().as_secs_f64() * 1000.0
+    );
+    let dump = nodes[0].store.state_dump().unwrap();
+    for n in &nodes[1..] {
+        assert_eq!(n.store.state_dump().unwrap(), dump);
+    }
+    for n in &nodes {
+        n.mesh.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_unauthorised_records_are_rejected_and_cost_the_sender() {
+    init_tracing();
+    let a = node(200).await;
+    let b = node(201).await;
+    let m = node(202).await; // the bad peer
+    let c = node(203).await; // behind A only: must never see the bad records
+    a.mesh.dial(b.addr.clone()).await.unwrap();
+    m.mesh.dial(a.addr.clone()).await.unwrap();
+    m.mesh.dial(b.addr.clone()).await.unwrap();
+    c.mesh.dial(a.addr.clone()).await.unwrap();
+    wait_connected(&[&a, &b, &m], 2).await;
+    wait_connected(&[&c], 1).await;
+
+    let owner = user(1);
+    let intruder = user(9);
+    let mut clock = Clock::new(5_000);
+    let (room, room_rec) = make::room(
+        &owner,
+        clock.next(),
+        [2; 16],
+        "room",
+        RoomSettings::default(),
+    )
+    .unwrap();
+    for n in [&a, &b, &m, &c] {
+        n.mesh.subscribe_room(room).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    publish(&a, room_rec).await;
+    let all_have_room = eventually(LIMIT, || async {
+        [&a, &b, &m, &c]
+            .iter()
+            .all(|n| n.store.room(&room).unwrap().is_some())
+    })
+    .await;
+    assert!(all_have_room.is_some(), "room did not spread");
+
+    // 1. Forged: the owner's log entry with one bit of its signature flipped.
+    let genuine = make::log(&owner, clock.next(), room, "forged entry").unwrap();
+    let mut forged = genuine.to_bytes();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    // 2. Unauthorised: a channel in the owner's room, signed by someone else.
+    let unauthorised = make::channel(
+        &intruder,
+        clock.next(),
+        room,
+        ChannelId([7; 16]),
+        "mine now",
+        "",
+        vec![],
+    )
+    .unwrap();
+    // 3. Garbage and an oversized message.
+    let garbage = vec![0xde; 200];
+    let oversized = vec![1u8; 20_000];
+    let topic = room_topic(&room);
+    for bytes in [forged, unauthorised.to_bytes(), garbage, oversized] {
+        let _ = m
+            .mesh
+            .publish_unchecked(topic.clone(), bytes)
+            .await
+            .unwrap();
+    }
+    // Both direct peers of M reject all four, and M's score drops below 0.
+    let rejected = eventually(LIMIT, || async {
+        let sa = a.mesh.stats().await.unwrap();
+        let sb = b.mesh.stats().await.unwrap();
+        sa.gossip_rejected >= 4 && sb.gossip_rejected >= 4
+    })
+    .await;
+    assert!(
+        rejected.is_some(),
+        "A {:?} / B {:?}",
+        a.mesh.stats().await.unwrap(),
+        b.mesh.stats().await.unwrap()
+    );
+    let score_of_m = |peers: Vec<tincan_mesh::PeerInfo>| {
+        peers
+            .iter()
+            .find(|p| p.peer_id == m.mesh.peer_id())
+            .and_then(|p| p.score)
+    };
+    let sa = score_of_m(a.mesh.peers().await.unwrap());
+    let sb = score_of_m(b.mesh.peers().await.unwrap());
+    println!("FIGURE hostile: score of the bad peer at A {sa:?}, at B {sb:?}");
+    assert!(sa.is_some_and(|s| s < 0.0), "A still trusts M: {sa:?}");
+    assert!(sb.is_some_and(|s| s < 0.0), "B still trusts M: {sb:?}");
+    // Honest peers keep their standing.
+    let sb_at_a = a
+        .mesh
+        .peers()
+        .await
+        .unwrap()
+        .iter()
+        .find(|p| p.peer_id == b.mesh.peer_id())
+        .and_then(|p| p.score);
+    assert!(sb_at_a.is_some_and(|s| s >= 0.0), "{sb_at_a:?}");
+
+    // Nobody stored either record, and nothing was forwarded to C.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in [&a, &b, &c] {
+        assert!(n.store.record(&genuine.id()).unwrap().is_none());
+        assert!(n.store.record(&unauthorised.id()).unwrap().is_none());
+        assert_eq!(n.store.channels(&room).unwrap().len(), 0);
+    }
+    let sc = c.mesh.stats().await.unwrap();
+    assert_eq!(
+        sc.gossip_rejected, 0,
+        "a rejected record was forwarded: {sc:?}"
+    );
+    // And sync does not smuggle them in either.
+    c.mesh.sync_now().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(c.store.record(&unauthorised.id()).unwrap().is_none());
+    for n in [&a, &b, &m, &c] {
+        n.mesh.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healed_partition_converges_to_identical_state() {
+    init_tracing();
+    let mut nodes = Vec::new();
+    for i in 0..4 {
+        nodes.push(node(300 + i).await);
+    }
+    for i in 0..4 {
+        for j in (i + 1)..4 {
+            nodes[i].mesh.dial(nodes[j].addr.clone()).await.unwrap();
+        }
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_connected(&refs, 3).await;
+    let owner = user(1);
+    let (g1, g2) = (user(2), user(3));
+    let mut clock = Clock::new(10_000);
+    let (room, room_rec) = make::room(
+        &owner,
+        clock.next(),
+        [3; 16],
+        "room",
+        RoomSettings::default(),
+    )
+    .unwrap();
+    for n in &nodes {
+        n.mesh.subscribe_room(room).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let general = ChannelId([1; 16]);
+    publish(&nodes[0], room_rec).await;
+    publish(
+        &nodes[0],
+        make::channel(&owner, clock.next(), room, general, "general", "", vec![]).unwrap(),
+    )
+    .await;
+    assert!(
+        eventually(LIMIT, || async {
+            nodes
+                .iter()
+                .all(|n| n.store.channels(&room).unwrap().len() == 1)
+        })
+        .await
+        .is_some()
+    );
+
+    // Cut {0,1} from {2,3}.
+    for i in 0..2 {
+        for j in 2..4 {
+            nodes[i]
+                .mesh
+                .set_blocked(nodes[j].mesh.peer_id(), true)
+                .await
+                .unwrap();
+            nodes[j]
+                .mesh
+                .set_blocked(nodes[i].mesh.peer_id(), true)
+                .await
+                .unwrap();
+        }
+    }
+    assert!(
+        eventually(LIMIT, || async {
+            for n in &nodes {
+                if n.mesh.peers().await.unwrap().len() != 1 {
+                    return false;
+                }
+            }
+            true
+        })
+        .await
+        .is_some(),
+        "the partition did not take"
+    );
+
+    // Conflicting changes on each side: the same channel renamed (the later
+    // HLC must win everywhere), a channel deleted on one side and renamed on
+    // the other, new members and log entries on both.
+    let t1 = clock.next();
+    let t2 = clock.next();
+    publish(
+        &nodes[0],
+        make::channel(&owner, t2, room, general, "side one", "", vec![]).unwrap(),
+    )
+    .await;
+    publish(
+        &nodes[2],
+        make::channel(&owner, t1, room, general, "side two", "", vec![]).unwrap(),
+    )
+    .await;
+    let extra = ChannelId([2; 16]);
+    publish(
+        &nodes[1],
+        make::channel(&owner, clock.next(), room, extra, "extra", "", vec![]).unwrap(),
+    )
+    .await;
+    publish(
+        &nodes[3],
+        make::delete_channel(&owner, clock.next(), room, extra).unwrap(),
+    )
+    .await;
+    publish(&nodes[1], make::join(&g1, clock.next(), room).unwrap()).await;
+    publish(&nodes[3], make::join(&g2, clock.next(), room).unwrap()).await;
+    for i in 0..20 {
+        let n = &nodes[i % 4];
+        let who = if i % 4 < 2 { &g1 } else { &g2 };
+        publish(
+            n,
+            make::log(who, clock.next(), room, &format!("entry {i}")).unwrap(),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_ne!(
+        nodes[0].store.state_dump().unwrap(),
+        nodes[2].store.state_dump().unwrap(),
+        "the two sides should differ before healing"
+    );
+    assert_eq!(
+        nodes[0].store.state_dump().unwrap(),
+        nodes[1].store.state_dump().unwrap(),
+        "nodes on one side agree"
+    );
+
+    // Heal: lift the blocks and redial across.
+    let healed_at = Instant::now();
+    for i in 0..2 {
+        for j in 2..4 {
+            nodes[i]
+                .mesh
+                .set_blocked(nodes[j].mesh.peer_id(), false)
+                .await
+                .unwrap();
+            nodes[j]
+                .mesh
+                .set_blocked(nodes[i].mesh.peer_id(), false)
+                .await
+                .unwrap();
+        }
+    }
+    nodes[0].mesh.dial(nodes[2].addr.clone()).await.unwrap();
+    nodes[1].mesh.dial(nodes[3].addr.clone()).await.unwrap();
+    let took = eventually(LIMIT, || async {
+        let d0 = nodes[0].store.state_dump().unwrap();
+        nodes[1..]
+            .iter()
+            .all(|n| n.store.state_dump().unwrap() == d0)
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "state did not converge within {LIMIT:?} of healing"
+    );
+    println!(
+        "FIGURE partition: identical state_dump on 4 nodes {:.0} ms after the links came back",
+        healed_at.elapsed().as_secs_f64() * 1000.0
+    );
+    let ch = nodes[3].store.channel(&room, &general).unwrap().unwrap();
+    assert_eq!(
+        ch.channel.name, "side one",
+        "the later write wins everywhere"
+    );
+    assert!(nodes[0].store.channel(&room, &extra).unwrap().is_none());
+    let logs = nodes[0]
+        .store
+        .log(&room, Hlc::ZERO, Hlc(u64::MAX), None, 1000)
+        .unwrap();
+    assert_eq!(logs.entries.len(), 20);
+    for n in &nodes {
+        n.mesh.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_gets_ten_thousand_log_entries_by_sync() {
+    init_tracing();
+    const N: usize = 10_000;
+    let owner = user(1);
+    let (room, room_rec) = make::room(
+        &owner,
+        Hlc::new(1, 0),
+        [4; 16],
+        "busy room",
+        RoomSettings::default(),
+    )
+    .unwrap();
+    let old = node(400).await;
+    let mut records = vec![room_rec];
+    for i in 0..N {
+        records.push(
+            make::log(
+                &owner,
+                Hlc::new(2 + i as u64, 0),
+                room,
+                &format!("entry {i}"),
+            )
+            .unwrap(),
+        );
+    }
+    let ids: BTreeSet<RecordId> = records.iter().map(|r| r.id()).collect();
+    for r in old.store.apply_batch(records).unwrap() {
+        r.unwrap();
+    }
+    old.mesh.subscribe_room(room).await.unwrap();
+
+    let late = node(401).await;
+    late.mesh.dial(old.addr.clone()).await.unwrap();
+    wait_connected(&[&late], 1).await;
+    let start = Instant::now();
+    late.mesh.subscribe_room(room).await.unwrap();
+    let took = eventually(LIMIT, || async {
+        late.store.room_sync_items(&room).unwrap().len() == N + 1
+    })
+    .await;
+    let got: BTreeSet<RecordId> = late
+        .store
+        .room_sync_items(&room)
+        .unwrap()
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    assert!(
+        took.is_some(),
+        "late joiner has {} of {} records",
+        got.len(),
+        N + 1
+    );
+    println!(
+        "FIGURE late_joiner: {} records synced in {:.0} ms (subscribe to last record stored), pending {}",
+        N + 1,
+        start.elapsed().as_secs_f64() * 1000.0,
+        late.store.pending_len().unwrap()
+    );
+    assert_eq!(got, ids);
+    assert_eq!(
+        late.store.pending_len().unwrap(),
+        0,
+        "records arrived parents first"
+    );
+    assert_eq!(
+        late.store.state_dump().unwrap(),
+        old.store.state_dump().unwrap()
+    );
+    old.mesh.shutdown().await;
+    late.mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_author_is_rate_limited_and_counted() {
+    init_tracing();
+    let mut cfg = MeshConfig::loopback(seed(500));
+    cfg.limits.per_author = Rate {
+        per_second: 1.0,
+        burst: 5.0,
+    };
+    let victim = node_with(cfg).await;
+    let flooder = node(501).await;
+    flooder.mesh.dial(victim.addr.clone()).await.unwrap();
+    wait_connected(&[&victim, &flooder], 1).await;
+    let owner = user(1);
+    let (room, room_rec) = make::room(
+        &owner,
+        Hlc::new(1, 0),
+        [5; 16],
+        "room",
+        RoomSettings::default(),
+    )
+    .unwrap();
+    victim.store.apply(room_rec.clone()).unwrap();
+    flooder.store.apply(room_rec).unwrap();
+    victim.mesh.subscribe_room(room).await.unwrap();
+    flooder.mesh.subscribe_room(room).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for i in 0..50 {
+        publish(
+            &flooder,
+            make::log(&owner, Hlc::new(10 + i, 0), room, &format!("spam {i}")).unwrap(),
+        )
+        .await;
+    }
+    let limited = eventually(LIMIT, || async {
+        victim.mesh.stats().await.unwrap().rate_limited >= 40
+    })
+    .await;
+    let stats = victim.mesh.stats().await.unwrap();
+    assert!(limited.is_some(), "{stats:?}");
+    let (_, _, logs) = room_state(&victim, &room).await;
+    println!(
+        "FIGURE rate_limit: 50 sent, {logs} stored by gossip, {} dropped",
+        stats.rate_limited
+    );
+    assert!(logs <= 10, "{logs} log entries got through a burst of 5");
+    victim.mesh.shutdown().await;
+    flooder.mesh.shutdown().await;
+}
