@@ -23,6 +23,13 @@ pub struct MeshConfig {
     pub bootstrap_peers: Vec<Multiaddr>,
     /// Relays to listen through (`/.../p2p/<relay id>`), for nodes behind NAT.
     pub relays: Vec<Multiaddr>,
+    /// Addresses at which others can reach this node (a public IP, a port
+    /// forward): announced by identify and in Kademlia provider records.
+    pub external_addrs: Vec<Multiaddr>,
+    /// Announce every listen address as reachable: right on a LAN, on
+    /// loopback and on a server with a public IP; wrong behind NAT (AutoNAT
+    /// finds those addresses instead).
+    pub advertise_listen_addrs: bool,
     /// Find peers on the LAN by mDNS.
     pub mdns: bool,
     /// Answer Kademlia queries (bootstrap nodes); others stay clients until
@@ -59,6 +66,8 @@ impl MeshConfig {
             ],
             bootstrap_peers: Vec::new(),
             relays: Vec::new(),
+            external_addrs: Vec::new(),
+            advertise_listen_addrs: false,
             mdns: true,
             kademlia_server: false,
             relay_server: false,
@@ -73,11 +82,12 @@ impl MeshConfig {
     }
 
     /// For tests and in-process harnesses: TCP on 127.0.0.1 with a free
-    /// port, no mDNS, a fast heartbeat.
+    /// port announced as reachable, no mDNS, a fast heartbeat.
     pub fn loopback(node_key_seed: [u8; 32]) -> Self {
         MeshConfig {
             listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid literal")],
             mdns: false,
+            advertise_listen_addrs: true,
             gossip_heartbeat: Duration::from_millis(200),
             ..MeshConfig::new(node_key_seed)
         }

@@ -220,6 +220,9 @@ impl Mesh {
         if !config.bootstrap_peers.is_empty() {
             let _ = swarm.behaviour_mut().kademlia.bootstrap();
         }
+        for addr in &config.external_addrs {
+            swarm.add_external_address(addr.clone());
+        }
         for relay in &config.relays {
             if let Err(e) = swarm.listen_on(relay.clone().with(Protocol::P2pCircuit)) {
                 tracing::warn!(%relay, "cannot listen through relay: {e}");
@@ -387,6 +390,15 @@ impl Mesh {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
     }
+}
+
+/// The DHT key under which the peers of a room announce themselves.
+fn room_key(room: &RoomId) -> kad::RecordKey {
+    kad::RecordKey::new(&room_topic(room).hash().as_str())
+}
+
+fn is_circuit(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
 /// The topic a record is gossiped on.
@@ -577,6 +589,14 @@ impl Driver {
         let _ = g.set_topic_params(topic.clone(), topic_score_params());
         self.topics.insert(topic.hash(), Scope::Room(room));
         self.rooms.insert(room);
+        // Beyond the LAN, peers of a room find each other as providers of
+        // the room's key in the DHT.
+        let key = room_key(&room);
+        let kad = &mut self.swarm.behaviour_mut().kademlia;
+        if let Err(e) = kad.start_providing(key.clone()) {
+            tracing::debug!("cannot announce the room in the DHT: {e}");
+        }
+        kad.get_providers(key);
         let peers: Vec<PeerId> = self
             .peers
             .iter()
@@ -605,6 +625,15 @@ impl Driver {
         if peers.is_empty() {
             return;
         }
+        // Look for more peers of each room (the DHT is bounded by its own
+        // query limits; one query per room per period).
+        let rooms: Vec<RoomId> = self.rooms.iter().copied().collect();
+        for room in rooms {
+            self.swarm
+                .behaviour_mut()
+                .kademlia
+                .get_providers(room_key(&room));
+        }
         self.round = self.round.wrapping_add(1);
         let n = self.config.sync_peers_per_round.clamp(1, peers.len());
         for scope in self.scopes() {
@@ -619,6 +648,9 @@ impl Driver {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::debug!(%address, "listening");
+                if self.config.advertise_listen_addrs && !is_circuit(&address) {
+                    self.swarm.add_external_address(address.clone());
+                }
                 let addrs: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
                 for w in self.addr_waiters.drain(..) {
                     let _ = w.send(addrs.clone());
@@ -714,8 +746,24 @@ impl Driver {
                     }
                 }
             }
-            BehaviourEvent::Kademlia(kad::Event::RoutingUpdated { peer, .. }) => {
-                tracing::trace!(%peer, "kademlia routing updated");
+            BehaviourEvent::Kademlia(kad::Event::OutboundQueryProgressed {
+                result:
+                    kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                        providers,
+                        ..
+                    })),
+                ..
+            }) => {
+                let me = *self.swarm.local_peer_id();
+                for peer in providers {
+                    if peer != me && !self.swarm.is_connected(&peer) {
+                        // Kademlia supplies the addresses it learnt.
+                        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer).build();
+                        if let Err(e) = self.swarm.dial(opts) {
+                            tracing::debug!(%peer, "cannot dial a room peer found in the DHT: {e}");
+                        }
+                    }
+                }
             }
             _ => {}
         }
