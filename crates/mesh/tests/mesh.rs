@@ -591,3 +591,192 @@ async fn room_peers_find_each_other_through_a_bootstrap_node() {
         n.mesh.shutdown().await;
     }
 }
+
+/// A peer that speaks the sync protocol badly: malformed rounds, oversized
+/// fetches, a flood of requests. The node answers each with a refusal or a
+/// bounded answer, and keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_sync_peer_gets_bounded_answers_and_changes_nothing() {
+    use futures::StreamExt;
+    use libp2p::request_response;
+    use libp2p::swarm::SwarmEvent;
+    use tincan_mesh::behaviour::BehaviourEvent;
+    use tincan_mesh::protocol::{
+        Bound, Range, RangeMode, Scope, SyncItem, SyncRequest, SyncResponse,
+    };
+
+    init_tracing();
+    let honest = node(700).await;
+    let owner = user(1);
+    let (room, room_rec) = make::room(
+        &owner,
+        Hlc::new(1, 0),
+        [7; 16],
+        "room",
+        RoomSettings::default(),
+    )
+    .unwrap();
+    let mut records = vec![room_rec];
+    for i in 0..3000u64 {
+        records.push(make::log(&owner, Hlc::new(2 + i, 0), room, &format!("entry {i}")).unwrap());
+    }
+    let ids: Vec<RecordId> = records.iter().map(|r| r.id()).collect();
+    honest.store.apply_batch(records).unwrap();
+    let before = honest.store.state_dump().unwrap();
+
+    // The bad peer drives a bare swarm with the same behaviour by hand.
+    let mut swarm = tincan_mesh::build_swarm(&MeshConfig::loopback(seed(701))).unwrap();
+    swarm.dial(honest.addr.clone()).unwrap();
+    let peer = honest.mesh.peer_id();
+    let connected = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let SwarmEvent::ConnectionEstablished { peer_id, .. } =
+                swarm.select_next_some().await
+                && peer_id == peer
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(connected.is_ok(), "could not connect");
+
+    let item = |n: u8| SyncItem {
+        rank: 4,
+        id: RecordId([n; 32]),
+    };
+    let requests = vec![
+        // No ranges at all.
+        SyncRequest::Reconcile {
+            scope: Scope::Room(room),
+            ranges: vec![],
+        },
+        // Ranges that do not cover the space.
+        SyncRequest::Reconcile {
+            scope: Scope::Room(room),
+            ranges: vec![Range {
+                upper: Bound::Item(item(1)),
+                mode: RangeMode::Skip,
+            }],
+        },
+        // An unsorted list.
+        SyncRequest::Reconcile {
+            scope: Scope::Room(room),
+            ranges: vec![Range {
+                upper: Bound::End,
+                mode: RangeMode::IdList(vec![item(9), item(3)]),
+            }],
+        },
+        // "Missing" is not for requests.
+        SyncRequest::Reconcile {
+            scope: Scope::Room(room),
+            ranges: vec![Range {
+                upper: Bound::End,
+                mode: RangeMode::Missing(vec![item(3)]),
+            }],
+        },
+        // An empty list: the answer is bounded (not all 3001 ids at once).
+        SyncRequest::Reconcile {
+            scope: Scope::Room(room),
+            ranges: vec![Range {
+                upper: Bound::End,
+                mode: RangeMode::IdList(vec![]),
+            }],
+        },
+        // More ids than a fetch may carry, most unknown.
+        SyncRequest::Fetch {
+            ids: ids
+                .iter()
+                .copied()
+                .chain((0..10_000u32).map(|n| RecordId(*blake3::hash(&n.to_be_bytes()).as_bytes())))
+                .collect(),
+        },
+    ];
+    let n_bad = requests.len();
+    for r in requests {
+        swarm.behaviour_mut().sync.send_request(&peer, r);
+    }
+    // Then a flood: more at once than the node answers concurrently.
+    for _ in 0..100 {
+        swarm.behaviour_mut().sync.send_request(
+            &peer,
+            SyncRequest::Reconcile {
+                scope: Scope::Room(room),
+                ranges: vec![Range {
+                    upper: Bound::End,
+                    mode: RangeMode::IdList(vec![]),
+                }],
+            },
+        );
+    }
+    let mut responses = Vec::new();
+    let mut failures = 0;
+    let done = tokio::time::timeout(Duration::from_secs(30), async {
+        while responses.len() + failures < n_bad + 100 {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                })) => responses.push(response),
+                SwarmEvent::Behaviour(BehaviourEvent::Sync(
+                    request_response::Event::OutboundFailure { .. },
+                )) => failures += 1,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        done.is_ok(),
+        "{} answers, {failures} failures",
+        responses.len()
+    );
+    let refused = responses
+        .iter()
+        .filter(|r| matches!(r, SyncResponse::Refused { .. }))
+        .count();
+    let mut largest_missing = 0;
+    let mut served = None;
+    for r in &responses {
+        match r {
+            SyncResponse::Reconcile { ranges } => {
+                for range in ranges {
+                    if let RangeMode::Missing(v) | RangeMode::IdList(v) = &range.mode {
+                        largest_missing = largest_missing.max(v.len());
+                    }
+                }
+            }
+            SyncResponse::Records { served: s, records } => {
+                assert!(records.len() <= *s as usize);
+                served = Some(*s);
+            }
+            SyncResponse::Refused { .. } => {}
+        }
+    }
+    println!(
+        "FIGURE bad_sync_peer: {} answers, {refused} refused (malformed or busy), {failures} failed streams, largest id list {largest_missing}, fetch served {served:?} of {} ids",
+        responses.len(),
+        ids.len() + 10_000
+    );
+    assert!(refused >= 4, "the four malformed rounds must be refused");
+    assert!(largest_missing <= tincan_mesh::ReconcileConfig::default().max_message_cost);
+    if let Some(s) = served {
+        assert!(s as usize <= tincan_mesh::ReconcileConfig::default().max_fetch_ids);
+    }
+    // Nothing changed, and the node still serves an honest peer.
+    assert_eq!(honest.store.state_dump().unwrap(), before);
+    let late = node(702).await;
+    late.mesh.dial(honest.addr.clone()).await.unwrap();
+    wait_connected(&[&late], 1).await;
+    late.mesh.subscribe_room(room).await.unwrap();
+    assert!(
+        eventually(LIMIT, || async {
+            late.store.room_sync_items(&room).unwrap().len() == 3001
+        })
+        .await
+        .is_some(),
+        "the node stopped serving after the bad peer"
+    );
+    honest.mesh.shutdown().await;
+    late.mesh.shutdown().await;
+}
