@@ -313,6 +313,42 @@ mod tests {
     }
 
     #[test]
+    fn random_bytes_from_the_network_never_panic_and_stay_finite() {
+        let mut receiver = Receiver::new(ReceiveConfig::default());
+        let mut state = 0x9e37_79b9_u32;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        let mut out = vec![0.0f32; 480];
+        for tick in 0..2000u64 {
+            let now = Duration::from_millis(tick * 10);
+            for _ in 0..(next() % 3) {
+                let len = (next() % 60) as usize;
+                // Half the time a plausible table-of-contents byte, so that
+                // the bytes reach the decoder.
+                let mut payload: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                if let Some(first) = payload.first_mut()
+                    && next() % 2 == 0
+                {
+                    *first = (*first & 0x07) | (8 << 3);
+                }
+                let packet = VoicePacket {
+                    sequence: next() % 4096,
+                    timestamp: (next() % 4096) * 480,
+                    redundant: (next() % 4 == 0).then(|| payload.clone()),
+                    payload,
+                };
+                receiver.push(&(next() % 4), packet, now).unwrap();
+            }
+            receiver.mix(now, &mut out);
+            assert!(out.iter().all(|s| s.is_finite() && s.abs() <= 1.0));
+        }
+    }
+
+    #[test]
     fn speaker_limit_drops_new_speakers_until_one_is_stale() {
         let mut receiver = Receiver::new(ReceiveConfig {
             max_speakers: 1,
