@@ -198,6 +198,9 @@ pub fn keypair(seed: &[u8; 32]) -> Result<Keypair, StartError> {
 /// `cfg`. It does not listen or dial yet. Needs a tokio runtime.
 pub fn build_swarm(cfg: &MeshConfig) -> Result<Swarm<Behaviour>, StartError> {
     let key = keypair(&cfg.node_key_seed)?;
+    if let Some(delay) = cfg.emulated_link_delay {
+        return build_delayed_swarm(key, cfg, delay);
+    }
     let build = |e: &dyn std::fmt::Display| StartError::Build(e.to_string());
     let mut behaviour_error = None;
     let swarm = SwarmBuilder::with_existing_identity(key)
@@ -210,6 +213,50 @@ pub fn build_swarm(cfg: &MeshConfig) -> Result<Swarm<Behaviour>, StartError> {
         .map_err(|e| build(&e))?
         .with_quic()
         .with_dns()
+        .map_err(|e| build(&e))?
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| build(&e))?
+        .with_behaviour(
+            |key, relay_client| match behaviour(key, relay_client, cfg) {
+                Ok(b) => Ok(b),
+                Err(e) => {
+                    let shown = e.to_string();
+                    behaviour_error = Some(e);
+                    Err(shown.into())
+                }
+            },
+        );
+    let swarm = match swarm {
+        Ok(s) => s,
+        Err(e) => return Err(behaviour_error.unwrap_or_else(|| build(&e))),
+    };
+    Ok(swarm
+        .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_connection_timeout))
+        .build())
+}
+
+/// TCP only, with [`crate::delay::Delayed`] under noise: for harnesses that
+/// need link latency on loopback.
+fn build_delayed_swarm(
+    key: Keypair,
+    cfg: &MeshConfig,
+    delay: Duration,
+) -> Result<Swarm<Behaviour>, StartError> {
+    use libp2p::Transport;
+    let build = |e: &dyn std::fmt::Display| StartError::Build(e.to_string());
+    let mut behaviour_error = None;
+    let swarm = SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_other_transport(|key| {
+            let noise = noise::Config::new(key)?;
+            Ok(
+                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .map(move |stream, _| crate::delay::Delayed::new(stream, delay))
+                    .upgrade(libp2p::core::upgrade::Version::V1)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default()),
+            )
+        })
         .map_err(|e| build(&e))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| build(&e))?

@@ -52,6 +52,11 @@ pub struct MeshConfig {
     pub limits: Limits,
     /// Agent string sent by identify.
     pub agent: String,
+    /// For in-process harnesses only: TCP without QUIC, DNS or relay
+    /// transports, and every byte received held back this long (an emulated
+    /// link latency, see [`crate::delay`]). Never set in a real node.
+    #[doc(hidden)]
+    pub emulated_link_delay: Option<Duration>,
 }
 
 impl MeshConfig {
@@ -78,6 +83,7 @@ impl MeshConfig {
             reconcile: ReconcileConfig::default(),
             limits: Limits::default(),
             agent: format!("tincan/{}", env!("CARGO_PKG_VERSION")),
+            emulated_link_delay: None,
         }
     }
 

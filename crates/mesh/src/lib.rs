@@ -26,6 +26,7 @@
 
 pub mod behaviour;
 pub mod config;
+pub mod delay;
 pub mod error;
 pub mod node;
 pub mod protocol;

@@ -780,3 +780,155 @@ async fn a_bad_sync_peer_gets_bounded_answers_and_changes_nothing() {
     honest.mesh.shutdown().await;
     late.mesh.shutdown().await;
 }
+
+/// Figure, not a test: a 50-node room over links of 20 ms each way
+/// (emulated, see `tincan_mesh::delay`), each node dialling a ring
+/// neighbour and 3 random others. Publishes changes from random nodes and
+/// prints how long each took to reach every node (p50, p99, max).
+///
+/// `cargo test --release -p tincan-mesh --test mesh fifty -- --ignored --nocapture`
+/// (`TINCAN_MESH_NODES`, `TINCAN_MESH_CHANGES` and `TINCAN_MESH_DELAY_MS`
+/// change the size and the link delay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a harness that prints figures; run it by name"]
+async fn fifty_node_room_propagation_figure() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    init_tracing();
+    let n: usize = std::env::var("TINCAN_MESH_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let changes: usize = std::env::var("TINCAN_MESH_CHANGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    let delay = Duration::from_millis(
+        std::env::var("TINCAN_MESH_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20),
+    );
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |m: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % m as u64) as usize
+    };
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let mut cfg = MeshConfig::loopback(seed(1000 + i as u32));
+        cfg.emulated_link_delay = Some(delay);
+        // No DHT shortcuts: the room is a sparse multi-hop mesh.
+        cfg.advertise_listen_addrs = false;
+        nodes.push(node_with(cfg).await);
+    }
+    for i in 0..n {
+        nodes[i]
+            .mesh
+            .dial(nodes[(i + 1) % n].addr.clone())
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let j = next(n);
+            if j != i {
+                nodes[i].mesh.dial(nodes[j].addr.clone()).await.unwrap();
+            }
+        }
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_connected(&refs, 2).await;
+    let owner = user(1);
+    let (room, room_rec) = make::room(
+        &owner,
+        Hlc::new(1, 0),
+        [8; 16],
+        "big room",
+        RoomSettings::default(),
+    )
+    .unwrap();
+    for node in &nodes {
+        node.store.apply(room_rec.clone()).unwrap();
+        node.mesh.subscribe_room(room).await.unwrap();
+    }
+    // Let subscriptions spread and meshes form.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let arrivals: Arc<Mutex<HashMap<RecordId, Vec<Instant>>>> = Arc::default();
+    for node in &nodes {
+        let mut feed = node.store.subscribe();
+        let arrivals = arrivals.clone();
+        tokio::spawn(async move {
+            while let Ok(change) = feed.recv().await {
+                let now = Instant::now();
+                if let Ok(mut a) = arrivals.lock() {
+                    a.entry(change.record.id()).or_default().push(now);
+                }
+            }
+        });
+    }
+    let mut sent = Vec::new();
+    for k in 0..changes {
+        let from = next(n);
+        let rec = make::log(
+            &owner,
+            Hlc::new(10 + k as u64, 0),
+            room,
+            &format!("change {k}"),
+        )
+        .unwrap();
+        let id = rec.id();
+        let t0 = Instant::now();
+        nodes[from].mesh.publish(rec).await.unwrap();
+        sent.push((id, t0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all = eventually(Duration::from_secs(60), || async {
+        let a = arrivals.lock().unwrap();
+        sent.iter()
+            .all(|(id, _)| a.get(id).is_some_and(|v| v.len() >= n))
+    })
+    .await;
+    let a = arrivals.lock().unwrap().clone();
+    let mut times: Vec<f64> = Vec::new();
+    let mut incomplete = 0;
+    for (id, t0) in &sent {
+        match a.get(id) {
+            Some(v) if v.len() >= n => {
+                let last = v.iter().max().unwrap();
+                times.push(last.duration_since(*t0).as_secs_f64() * 1000.0);
+            }
+            _ => incomplete += 1,
+        }
+    }
+    times.sort_by(|x, y| x.total_cmp(y));
+    let pct = |p: f64| {
+        if times.is_empty() {
+            f64::NAN
+        } else {
+            times[((times.len() as f64 - 1.0) * p).round() as usize]
+        }
+    };
+    let mut degree = 0;
+    for node in &nodes {
+        degree += node.mesh.peers().await.unwrap().len();
+    }
+    println!(
+        "FIGURE fifty_nodes: {n} nodes, {} ms links, mean degree {:.1}, {} changes: time to reach every node p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {incomplete} changes did not reach all nodes within 60 s",
+        delay.as_millis(),
+        degree as f64 / n as f64,
+        changes,
+        pct(0.5),
+        pct(0.99),
+        pct(1.0),
+    );
+    assert!(
+        all.is_some(),
+        "{incomplete} changes never reached every node"
+    );
+    for node in &nodes {
+        node.mesh.shutdown().await;
+    }
+}
