@@ -406,3 +406,54 @@ proptest! {
         prop_assert_eq!(s.lost, s.recovered_fec + s.recovered_redundancy + s.concealed);
     }
 }
+
+#[test]
+fn target_is_floored_at_one_frame_and_capped_by_the_config() {
+    // No jitter at all: the target is one frame.
+    let run = simulate(
+        JitterConfig::default(),
+        steady(500, Duration::from_millis(20)),
+        Duration::from_secs(6),
+        |_| false,
+    );
+    assert_eq!(
+        run.stats.target_delay,
+        Duration::from_millis(10),
+        "{:?}",
+        run.stats
+    );
+    assert_eq!(run.stats.lost, 0);
+
+    // 300 ms of jitter against a 100 ms cap: the target stops at the cap and
+    // the packets later than that are counted late, not waited for.
+    let mut link = Link::new(LinkConfig {
+        seed: 3,
+        latency: Duration::from_millis(300),
+        jitter: Duration::from_millis(300),
+        capacity: 10_000,
+        ..LinkConfig::default()
+    });
+    for i in 0..3000u32 {
+        link.send(packet(i, i * FRAME), TICK * (i + 1));
+    }
+    let mut arrivals = Vec::new();
+    while let Some(at) = link.next_arrival() {
+        while let Some(delivered) = link.poll(at) {
+            arrivals.push(delivered);
+        }
+    }
+    let config = JitterConfig {
+        max_delay: Duration::from_millis(100),
+        ..JitterConfig::default()
+    };
+    let run = simulate(config, arrivals, Duration::from_secs(32), |_| false);
+    let s = run.stats;
+    assert_eq!(s.target_delay, Duration::from_millis(100), "{s:?}");
+    assert!(
+        run.delays[1000..]
+            .iter()
+            .all(|d| *d <= Duration::from_millis(130)),
+        "{s:?}"
+    );
+    assert!(s.late > 1000, "{s:?}");
+}
