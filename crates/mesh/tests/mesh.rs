@@ -932,3 +932,80 @@ async fn fifty_node_room_propagation_figure() {
         node.mesh.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_reachable_through_a_relay() {
+    use libp2p::multiaddr::Protocol;
+
+    init_tracing();
+    let mut relay_cfg = MeshConfig::loopback(seed(800));
+    relay_cfg.kademlia_server = true;
+    relay_cfg.relay_server = true;
+    let relay = node_with(relay_cfg).await;
+    // The hidden node announces no direct address: only its relayed one.
+    let mut hidden_cfg = MeshConfig::loopback(seed(801));
+    hidden_cfg.advertise_listen_addrs = false;
+    hidden_cfg.relays = vec![relay.addr.clone()];
+    let hidden = node_with(hidden_cfg).await;
+    let circuit = eventually(LIMIT, || async {
+        hidden
+            .mesh
+            .listen_addrs()
+            .await
+            .unwrap()
+            .iter()
+            .any(|a| a.iter().any(|p| matches!(p, Protocol::P2pCircuit)))
+    })
+    .await;
+    assert!(circuit.is_some(), "no relay reservation");
+    let via_relay = relay
+        .addr
+        .clone()
+        .with(Protocol::P2pCircuit)
+        .with(Protocol::P2p(hidden.mesh.peer_id()));
+
+    let owner = user(1);
+    let (room, room_rec) = make::room(
+        &owner,
+        Hlc::new(1, 0),
+        [9; 16],
+        "room",
+        RoomSettings::default(),
+    )
+    .unwrap();
+    hidden.store.apply(room_rec).unwrap();
+    hidden.mesh.subscribe_room(room).await.unwrap();
+    let mut outside_cfg = MeshConfig::loopback(seed(802));
+    outside_cfg.advertise_listen_addrs = false;
+    let outside = node_with(outside_cfg).await;
+    outside.mesh.subscribe_room(room).await.unwrap();
+    outside.mesh.dial(via_relay.clone()).await.unwrap();
+    let reached = eventually(LIMIT, || async {
+        outside
+            .mesh
+            .peers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.peer_id == hidden.mesh.peer_id())
+    })
+    .await;
+    assert!(
+        reached.is_some(),
+        "could not reach the hidden node through {via_relay}"
+    );
+    // Sync runs over the relayed (or DCUtR-upgraded) connection.
+    let synced = eventually(LIMIT, || async {
+        outside.store.room(&room).unwrap().is_some()
+    })
+    .await;
+    assert!(synced.is_some(), "no sync over the relayed connection");
+    println!(
+        "FIGURE relay: reached a node through {} and synced its room in {:.0} ms",
+        via_relay,
+        (reached.unwrap() + synced.unwrap()).as_secs_f64() * 1000.0
+    );
+    for n in [&relay, &hidden, &outside] {
+        n.mesh.shutdown().await;
+    }
+}
