@@ -16,7 +16,7 @@ use crate::codec::{Encoder, EncoderConfig, VoicePacket};
 use crate::error::OfflineError;
 use crate::jitter::{JitterConfig, JitterStats};
 use crate::netem::{Link, LinkConfig, LinkStats, LossModel};
-use crate::receive::{ReceiveConfig, Receiver, WaitStats};
+use crate::receive::{LossReporter, ReceiveConfig, Receiver, WaitStats};
 use crate::wav::{WavWriter, read_mono_48k};
 use crate::{SAMPLE_RATE, TICK_SAMPLES};
 
@@ -224,9 +224,8 @@ pub fn run_samples(
     let mut packets_sent = 0u64;
     let mut delays = Vec::new();
     let mut target_sum = Duration::ZERO;
-    let mut last_report = (Duration::ZERO, JitterStats::default());
-    // (frames due, frames lost) per second, for the last few seconds.
-    let mut loss_window: std::collections::VecDeque<(u64, u64)> = Default::default();
+    // One second alone is too few frames to tell 2% from 5%.
+    let mut reporter = LossReporter::new(Duration::from_secs(1), LOSS_REPORT_SECONDS);
 
     let mut now = Duration::ZERO;
     while now <= end {
@@ -257,23 +256,10 @@ pub fn run_samples(
                 delays.push(stats.current_delay);
                 target_sum += stats.target_delay;
             }
-            if config.loss_feedback && now >= last_report.0 + Duration::from_secs(1) {
-                // Report the loss of the last few seconds, as the voice plane
-                // will: one second alone is too few frames to tell 2% from 5%.
-                let due = (stats.played + stats.lost) - (last_report.1.played + last_report.1.lost);
-                let lost = stats.lost - last_report.1.lost;
-                if loss_window.len() == LOSS_REPORT_SECONDS {
-                    loss_window.pop_front();
-                }
-                loss_window.push_back((due, lost));
-                let (due, lost) = loss_window
-                    .iter()
-                    .fold((0, 0), |(d, l), (due, lost)| (d + due, l + lost));
-                if due > 0 {
-                    let percent = (lost * 100).div_ceil(due);
-                    encoder.set_expected_loss(u8::try_from(percent).unwrap_or(100))?;
-                }
-                last_report = (now, stats);
+            if config.loss_feedback
+                && let Some(percent) = reporter.update(stats, now)
+            {
+                encoder.set_expected_loss(percent)?;
             }
         }
         now += Duration::from_millis(10);

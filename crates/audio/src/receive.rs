@@ -67,6 +67,54 @@ impl WaitStats {
     }
 }
 
+/// Turns a speaker's [`JitterStats`] into the loss a receiver reports to
+/// that speaker: the share of frames lost over the last few seconds, in whole
+/// percent rounded up, once per report interval. Sans-IO like the rest.
+#[derive(Clone, Debug)]
+pub struct LossReporter {
+    interval: Duration,
+    window: std::collections::VecDeque<(u64, u64)>,
+    seconds: usize,
+    last: Option<(Duration, JitterStats)>,
+}
+
+impl LossReporter {
+    /// Reports every `interval`, over the last `intervals` of them (the
+    /// offline chain uses 1 s and 5).
+    pub fn new(interval: Duration, intervals: usize) -> Self {
+        LossReporter {
+            interval,
+            window: std::collections::VecDeque::with_capacity(intervals.max(1)),
+            seconds: intervals.max(1),
+            last: None,
+        }
+    }
+
+    /// Call as often as you like; returns a loss percentage when a report is
+    /// due and there was something to report on.
+    pub fn update(&mut self, stats: JitterStats, now: Duration) -> Option<u8> {
+        let Some((at, previous)) = self.last else {
+            self.last = Some((now, stats));
+            return None;
+        };
+        if now < at + self.interval {
+            return None;
+        }
+        self.last = Some((now, stats));
+        let due = (stats.played + stats.lost).saturating_sub(previous.played + previous.lost);
+        let lost = stats.lost.saturating_sub(previous.lost);
+        if self.window.len() == self.seconds {
+            self.window.pop_front();
+        }
+        self.window.push_back((due, lost));
+        let (due, lost) = self
+            .window
+            .iter()
+            .fold((0u64, 0u64), |(d, l), (due, lost)| (d + due, l + lost));
+        (due > 0).then(|| u8::try_from((lost * 100).div_ceil(due)).unwrap_or(100))
+    }
+}
+
 /// One remote speaker: jitter buffer, decoder with FEC and concealment, and a
 /// little FIFO so that any frame length plays out at any tick length.
 #[derive(Debug)]
@@ -346,6 +394,34 @@ mod tests {
             receiver.mix(now, &mut out);
             assert!(out.iter().all(|s| s.is_finite() && s.abs() <= 1.0));
         }
+    }
+
+    #[test]
+    fn loss_reports_cover_a_window_and_round_up() {
+        let mut reporter = LossReporter::new(Duration::from_secs(1), 2);
+        let stats = |played, lost| JitterStats {
+            played,
+            lost,
+            ..JitterStats::default()
+        };
+        assert_eq!(reporter.update(stats(0, 0), Duration::ZERO), None);
+        assert_eq!(
+            reporter.update(stats(50, 0), Duration::from_millis(500)),
+            None
+        );
+        assert_eq!(
+            reporter.update(stats(99, 1), Duration::from_secs(1)),
+            Some(1)
+        );
+        assert_eq!(
+            reporter.update(stats(189, 11), Duration::from_secs(2)),
+            Some(6)
+        );
+        // The first second has left the window.
+        assert_eq!(
+            reporter.update(stats(289, 11), Duration::from_secs(3)),
+            Some(10)
+        );
     }
 
     #[test]
