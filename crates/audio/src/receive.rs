@@ -420,7 +420,7 @@ mod tests {
         // The first second has left the window.
         assert_eq!(
             reporter.update(stats(289, 11), Duration::from_secs(3)),
-            Some(10)
+            Some(5)
         );
     }
 
