@@ -10,7 +10,7 @@ use crate::reconcile::ReconcileConfig;
 /// How a mesh node starts. [`MeshConfig::new`] gives the defaults for a
 /// player's node; bootstrap nodes set [`MeshConfig::kademlia_server`] and
 /// [`MeshConfig::relay_server`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct MeshConfig {
     /// The node key's seed (`tincan_core::NodeKey::seed()`): it gives the
     /// libp2p keypair and so the PeerId.
@@ -97,6 +97,24 @@ impl MeshConfig {
             gossip_heartbeat: Duration::from_millis(200),
             ..MeshConfig::new(node_key_seed)
         }
+    }
+}
+
+impl std::fmt::Debug for MeshConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Everything but the secret seed.
+        f.debug_struct("MeshConfig")
+            .field("listen_addrs", &self.listen_addrs)
+            .field("bootstrap_peers", &self.bootstrap_peers)
+            .field("relays", &self.relays)
+            .field("external_addrs", &self.external_addrs)
+            .field("advertise_listen_addrs", &self.advertise_listen_addrs)
+            .field("mdns", &self.mdns)
+            .field("kademlia_server", &self.kademlia_server)
+            .field("relay_server", &self.relay_server)
+            .field("sync_interval", &self.sync_interval)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
     }
 }
 

@@ -506,6 +506,10 @@ impl Driver {
                 self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
                 self.topics.remove(&topic.hash());
                 self.rooms.remove(&room);
+                self.swarm
+                    .behaviour_mut()
+                    .kademlia
+                    .stop_providing(&room_key(&room));
                 let _ = reply.send(());
             }
             Command::Dial { addr, reply } => {
