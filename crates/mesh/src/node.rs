@@ -249,7 +249,7 @@ impl Mesh {
             topics,
             peers: HashMap::new(),
             sessions: HashMap::new(),
-            paused: HashSet::new(),
+            applying: HashMap::new(),
             starting: HashSet::new(),
             queued: VecDeque::new(),
             inflight: HashMap::new(),
@@ -434,8 +434,10 @@ struct Driver {
     topics: HashMap<TopicHash, Scope>,
     peers: HashMap<PeerId, PeerState>,
     sessions: HashMap<SessionKey, Session>,
-    /// Sessions waiting for the writer to apply what they fetched.
-    paused: HashSet<SessionKey>,
+    /// Fetched batches of each session still with the writer. A session
+    /// fetches the next batch while the writer applies one (the writer's
+    /// queue keeps them in order), and waits while two are outstanding.
+    applying: HashMap<SessionKey, u32>,
     /// Sessions listing this node's items before they start.
     starting: HashSet<SessionKey>,
     queued: VecDeque<SessionKey>,
@@ -678,7 +680,7 @@ impl Driver {
                 self.peers.remove(&peer_id);
                 self.peer_limit.forget(&peer_id);
                 self.sessions.retain(|(p, _), _| *p != peer_id);
-                self.paused.retain(|(p, _)| *p != peer_id);
+                self.applying.retain(|(p, _), _| *p != peer_id);
                 self.queued.retain(|(p, _)| *p != peer_id);
                 self.inflight.retain(|_, (p, _)| *p != peer_id);
                 self.start_queued();
@@ -843,7 +845,12 @@ impl Driver {
             } => {
                 self.stats.synced_records += stored;
                 self.stats.synced_rejected += rejected;
-                self.paused.remove(&key);
+                if let Some(n) = self.applying.get_mut(&key) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.applying.remove(&key);
+                    }
+                }
                 self.drive(key);
             }
             Internal::SessionReady { key, session } => {
@@ -915,7 +922,7 @@ impl Driver {
 
     /// Sends the session's next request, or ends it.
     fn drive(&mut self, key: SessionKey) {
-        if self.paused.contains(&key) {
+        if self.applying.get(&key).is_some_and(|n| *n >= 2) {
             return;
         }
         let Some(session) = self.sessions.get_mut(&key) else {
@@ -968,7 +975,8 @@ impl Driver {
                     Ok(records) if !records.is_empty() => {
                         match self.writer.try_send(WriteJob::Sync { key, records }) {
                             Ok(()) => {
-                                self.paused.insert(key);
+                                *self.applying.entry(key).or_insert(0) += 1;
+                                self.drive(key);
                             }
                             Err(_) => {
                                 self.stats.queue_full += 1;
