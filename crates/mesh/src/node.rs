@@ -845,6 +845,13 @@ impl Driver {
             } => {
                 self.stats.synced_records += stored;
                 self.stats.synced_rejected += rejected;
+                if rejected > 0 {
+                    // Rules are deterministic, so an honest peer never
+                    // serves a record our store refuses: stop fetching
+                    // from this one (gossip scoring does not see sync).
+                    tracing::warn!(peer = %key.0, rejected, "sync peer served invalid records; session ended");
+                    self.sessions.remove(&key);
+                }
                 if let Some(n) = self.applying.get_mut(&key) {
                     *n = n.saturating_sub(1);
                     if *n == 0 {

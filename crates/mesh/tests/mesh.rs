@@ -1021,3 +1021,120 @@ async fn a_node_is_reachable_through_a_relay() {
         n.mesh.shutdown().await;
     }
 }
+
+/// A peer that answers sync with forged and unauthorised records: the node
+/// fetches them (it cannot know before), refuses every one, stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_served_by_a_lying_sync_peer_are_refused() {
+    use futures::StreamExt;
+    use libp2p::request_response;
+    use libp2p::swarm::SwarmEvent;
+    use tincan_mesh::behaviour::BehaviourEvent;
+    use tincan_mesh::protocol::{Bound, Range, RangeMode, SyncItem, SyncRequest, SyncResponse};
+
+    init_tracing();
+    let honest = node(900).await;
+    let owner = user(1);
+    let intruder = user(9);
+    let (room, room_rec) = make::room(
+        &owner,
+        Hlc::new(1, 0),
+        [10; 16],
+        "room",
+        RoomSettings::default(),
+    )
+    .unwrap();
+    honest.store.apply(room_rec).unwrap();
+    honest.mesh.subscribe_room(room).await.unwrap();
+    let before = honest.store.state_dump().unwrap();
+
+    let genuine = make::log(&owner, Hlc::new(5, 0), room, "forged").unwrap();
+    let mut forged = genuine.to_bytes();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let unauthorised = make::channel(
+        &intruder,
+        Hlc::new(6, 0),
+        room,
+        ChannelId([1; 16]),
+        "mine",
+        "",
+        vec![],
+    )
+    .unwrap();
+    let lies = [
+        (
+            SyncItem {
+                rank: 3,
+                id: unauthorised.id(),
+            },
+            unauthorised.to_bytes(),
+        ),
+        (
+            SyncItem {
+                rank: 4,
+                id: genuine.id(),
+            },
+            forged,
+        ),
+    ];
+
+    let mut swarm = tincan_mesh::build_swarm(&MeshConfig::loopback(seed(901))).unwrap();
+    swarm.dial(honest.addr.clone()).unwrap();
+    let served = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut served = 0;
+        loop {
+            let event = swarm.select_next_some().await;
+            let SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            })) = event
+            else {
+                continue;
+            };
+            let response = match request {
+                // Claim to hold exactly the lies, whatever the question.
+                SyncRequest::Reconcile { .. } => SyncResponse::Reconcile {
+                    ranges: vec![Range {
+                        upper: Bound::End,
+                        mode: RangeMode::IdList(lies.iter().map(|(i, _)| *i).collect()),
+                    }],
+                },
+                SyncRequest::Fetch { ids } => {
+                    let records: Vec<Vec<u8>> = ids
+                        .iter()
+                        .filter_map(|id| lies.iter().find(|(i, _)| i.id == *id))
+                        .map(|(_, b)| b.clone())
+                        .collect();
+                    served += records.len();
+                    SyncResponse::Records {
+                        served: ids.len() as u32,
+                        records,
+                    }
+                }
+            };
+            let _ = swarm.behaviour_mut().sync.send_response(channel, response);
+            if served >= 2 {
+                return served;
+            }
+        }
+    })
+    .await;
+    assert_eq!(served, Ok(2), "the node never fetched the lies");
+    let refused = eventually(LIMIT, || async {
+        honest.mesh.stats().await.unwrap().synced_rejected >= 2
+    })
+    .await;
+    let stats = honest.mesh.stats().await.unwrap();
+    assert!(refused.is_some(), "{stats:?}");
+    assert_eq!(
+        honest.store.state_dump().unwrap(),
+        before,
+        "a lie was stored"
+    );
+    assert_eq!(honest.store.pending_len().unwrap(), 0);
+    honest.mesh.shutdown().await;
+}
