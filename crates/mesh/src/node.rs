@@ -184,7 +184,8 @@ impl std::fmt::Debug for Mesh {
 
 impl Mesh {
     /// Builds the swarm, starts listening, dials the bootstrap peers and
-    /// relays, and runs the node on the current tokio runtime.
+    /// relays, and runs the node on the current tokio runtime (call it from
+    /// within one).
     pub async fn start(config: MeshConfig, store: Arc<Store>) -> Result<Mesh, StartError> {
         let mut swarm = build_swarm(&config)?;
         let peer_id = *swarm.local_peer_id();
@@ -354,8 +355,9 @@ impl Mesh {
         self.ask(|reply| Command::Peers { reply }).await
     }
 
-    /// The addresses the node listens on, once it listens on at least one
-    /// (this waits for the first).
+    /// The addresses the node listens on, once it listens on at least one:
+    /// this waits for the first (put a timeout on it; a node configured
+    /// with no listen address and no relay answers at once, with none).
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, Stopped> {
         self.ask(|reply| Command::ListenAddrs { reply }).await
     }
@@ -539,7 +541,9 @@ impl Driver {
             }
             Command::ListenAddrs { reply } => {
                 let addrs: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
-                if addrs.is_empty() {
+                let none_asked =
+                    self.config.listen_addrs.is_empty() && self.config.relays.is_empty();
+                if addrs.is_empty() && !none_asked {
                     if self.addr_waiters.len() < self.limits.command_queue {
                         self.addr_waiters.push(reply);
                     }
