@@ -6,7 +6,6 @@
 //! arrived; the playout side calls [`Receiver::mix`] once per tick with the time
 //! and a buffer to fill. Time is passed in, as everywhere in the engine.
 
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::Duration;
 
@@ -224,10 +223,14 @@ impl SpeakerPipeline {
 }
 
 /// All remote speakers of a channel, mixed. `K` identifies a speaker.
+///
+/// Speakers are kept in arrival order (a short list: at most
+/// [`ReceiveConfig::max_speakers`]), so that the mix is summed in the same
+/// order every run and a simulation is repeatable to the last bit.
 #[derive(Debug)]
 pub struct Receiver<K> {
     config: ReceiveConfig,
-    speakers: HashMap<K, SpeakerPipeline>,
+    speakers: Vec<(K, SpeakerPipeline)>,
     mixer: Mixer<K>,
     scratch: Vec<f32>,
     refused: u64,
@@ -239,7 +242,7 @@ impl<K: Eq + Hash + Clone> Receiver<K> {
         Receiver {
             mixer: Mixer::new(config.mixer.clone()),
             config,
-            speakers: HashMap::new(),
+            speakers: Vec::new(),
             scratch: vec![0.0; crate::TICK_SAMPLES],
             refused: 0,
         }
@@ -254,18 +257,18 @@ impl<K: Eq + Hash + Clone> Receiver<K> {
         packet: VoicePacket,
         arrived_at: Duration,
     ) -> Result<(), DecoderError> {
-        if !self.speakers.contains_key(speaker) {
-            if self.speakers.len() >= self.config.max_speakers && !self.forget_one(arrived_at) {
-                self.refused += 1;
-                return Ok(());
-            }
-            let pipeline =
-                SpeakerPipeline::new(self.config.jitter.clone(), self.config.quiet_threshold_dbfs)?;
-            self.speakers.insert(speaker.clone(), pipeline);
-        }
-        if let Some(pipeline) = self.speakers.get_mut(speaker) {
+        if let Some((_, pipeline)) = self.speakers.iter_mut().find(|(k, _)| k == speaker) {
             pipeline.push(packet, arrived_at);
+            return Ok(());
         }
+        if self.speakers.len() >= self.config.max_speakers && !self.forget_one(arrived_at) {
+            self.refused += 1;
+            return Ok(());
+        }
+        let mut pipeline =
+            SpeakerPipeline::new(self.config.jitter.clone(), self.config.quiet_threshold_dbfs)?;
+        pipeline.push(packet, arrived_at);
+        self.speakers.push((speaker.clone(), pipeline));
         Ok(())
     }
 
@@ -273,15 +276,17 @@ impl<K: Eq + Hash + Clone> Receiver<K> {
         let stale = self
             .speakers
             .iter()
-            .filter(|(_, p)| {
+            .enumerate()
+            .filter(|(_, (_, p))| {
                 p.last_packet_at()
                     .is_none_or(|t| now.saturating_sub(t) >= self.config.forget_after)
             })
-            .min_by_key(|(_, p)| p.last_packet_at())
-            .map(|(k, _)| k.clone());
+            .min_by_key(|(_, (_, p))| p.last_packet_at())
+            .map(|(i, _)| i);
         match stale {
-            Some(k) => {
-                self.speakers.remove(&k);
+            Some(i) => {
+                let (k, _) = self.speakers.remove(i);
+                self.mixer.remove(&k);
                 true
             }
             None => false,
@@ -295,7 +300,7 @@ impl<K: Eq + Hash + Clone> Receiver<K> {
         }
         self.mixer.begin(out);
         let scratch = &mut self.scratch[..out.len()];
-        for (speaker, pipeline) in &mut self.speakers {
+        for (speaker, pipeline) in self.speakers.iter_mut() {
             pipeline.pull(now, scratch);
             self.mixer.add(speaker, scratch, out);
         }
@@ -309,12 +314,15 @@ impl<K: Eq + Hash + Clone> Receiver<K> {
 
     /// A speaker's pipeline, for its statistics.
     pub fn speaker(&self, speaker: &K) -> Option<&SpeakerPipeline> {
-        self.speakers.get(speaker)
+        self.speakers
+            .iter()
+            .find(|(k, _)| k == speaker)
+            .map(|(_, p)| p)
     }
 
     /// Forgets a speaker who left.
     pub fn remove(&mut self, speaker: &K) {
-        self.speakers.remove(speaker);
+        self.speakers.retain(|(k, _)| k != speaker);
         self.mixer.remove(speaker);
     }
 
