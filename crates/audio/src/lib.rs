@@ -12,8 +12,10 @@
 //!   [`codec::VoicePacket`] with a sequence number and a 48 kHz timestamp;
 //! - on the receiving side, [`receive::Receiver`] keeps one
 //!   [`receive::SpeakerPipeline`] per speaker (an adaptive [`jitter::JitterBuffer`]
-//!   and a [`codec::Decoder`] with FEC and concealment) and mixes them with a
-//!   [`mixer::Mixer`] into a [`device::AudioOutput`].
+//!   and a [`codec::Decoder`] with FEC, redundancy and concealment) and mixes
+//!   them with a [`mixer::Mixer`] into a [`device::AudioOutput`];
+//!   [`receive::LossReporter`] turns a speaker's statistics into the loss
+//!   report that goes back to [`codec::Encoder::set_expected_loss`].
 //!
 //! Protocol logic is sans-IO: the jitter buffer and the link emulator
 //! ([`netem`]) take the time as a parameter and draw randomness from a seed, so
