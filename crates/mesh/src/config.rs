@@ -151,6 +151,10 @@ pub struct Limits {
     pub max_rooms: usize,
     /// Connections at once (in and out); past it new ones are refused.
     pub max_connections: u32,
+    /// Room peers found in the DHT are dialled only while fewer peers than
+    /// this are connected: gossip and sync need a connected mesh, not a
+    /// connection to everyone.
+    pub dht_dial_below: usize,
     /// Commands from the handle waiting for the node's task.
     pub command_queue: usize,
     /// How long an outbound sync request may take.
@@ -176,6 +180,7 @@ impl Default for Limits {
             max_inbound_syncs: 16,
             max_rooms: 1024,
             max_connections: 256,
+            dht_dial_below: 24,
             command_queue: 256,
             sync_request_timeout: Duration::from_secs(20),
         }

@@ -766,6 +766,9 @@ impl Driver {
             }) => {
                 let me = *self.swarm.local_peer_id();
                 for peer in providers {
+                    if self.peers.len() >= self.limits.dht_dial_below {
+                        break;
+                    }
                     if peer != me && !self.swarm.is_connected(&peer) {
                         // Kademlia supplies the addresses it learnt.
                         let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer).build();
