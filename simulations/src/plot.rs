@@ -169,8 +169,8 @@ pub(crate) fn line_chart(
     let mut fonts = resvg::usvg::fontdb::Database::new();
     fonts.load_system_fonts();
     if fonts.is_empty() {
-        tracing_note(
-            "no system fonts found: the plot's text will be missing (install fonts-dejavu-core)",
+        eprintln!(
+            "note: no system fonts found: the plot's text will be missing (install fonts-dejavu-core)"
         );
     }
     let options = resvg::usvg::Options {
