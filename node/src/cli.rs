@@ -71,7 +71,21 @@ pub enum Command {
         /// Show the node and exit instead of running until Ctrl-C
         #[arg(long)]
         once: bool,
+        /// Mesh addresses to listen on (multiaddr, repeatable) [default: QUIC and TCP on every interface, any port]
+        #[arg(long = "listen")]
+        listen: Vec<String>,
+        /// A bootstrap or known peer to dial, /ip4/.../tcp/.../p2p/<peer id> (repeatable)
+        #[arg(long = "bootstrap", env = "TINCAN_BOOTSTRAP", value_delimiter = ',')]
+        bootstrap: Vec<String>,
+        /// Do not look for peers on the LAN by mDNS
+        #[arg(long)]
+        no_mdns: bool,
+        /// A relay to listen through when behind NAT, /.../p2p/<relay id> (repeatable)
+        #[arg(long = "relay")]
+        relays: Vec<String>,
     },
+    /// Peers of the running node, with round-trip time and score
+    Peers,
     /// Show or manage this node's identity
     Id {
         /// Identity operations (default: show)
@@ -293,6 +307,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -366,11 +381,22 @@ impl Ctx {
         }))
     }
 
+    /// The node of a running `tincan up` (never unlocks one here).
+    fn unlock_running(&self) -> Result<RefMut<'_, Node>> {
+        if self.node.borrow().is_none() {
+            bail!(
+                "no node is running on {}: start it with `tincan up`",
+                self.dir.root().display()
+            );
+        }
+        self.unlock()
+    }
+
     /// The store, without unlocking the identity if it is not unlocked yet.
     fn store(&self) -> Result<Ref<'_, Store>> {
         if self.node.borrow().is_some() {
             return Ok(Ref::map(self.node.borrow(), |n| {
-                &n.as_ref().expect("checked above").store
+                &*n.as_ref().expect("checked above").store
             }));
         }
         if self.store.borrow().is_none() {
@@ -446,7 +472,21 @@ pub(crate) fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
             username,
             control_port,
             once,
-        } => up(ctx, username, control_port, once),
+            listen,
+            bootstrap,
+            no_mdns,
+            relays,
+        } => {
+            let options = crate::daemon::UpOptions {
+                control_port,
+                listen,
+                bootstrap,
+                mdns: !no_mdns,
+                relays,
+            };
+            up(ctx, username, once, options)
+        }
+        Command::Peers => peers(ctx),
         Command::Id { action } => id_command(ctx, action.unwrap_or(IdAction::Show)),
         Command::Room { action } => room_command(ctx, action),
         Command::Channel { action } => channel_command(ctx, action),
@@ -482,7 +522,12 @@ fn prompt_line(prompt: &str) -> Result<String> {
     Ok(line.trim().to_owned())
 }
 
-fn up(ctx: &Ctx, username: Option<String>, control_port: u16, once: bool) -> Result<()> {
+fn up(
+    ctx: &Ctx,
+    username: Option<String>,
+    once: bool,
+    options: crate::daemon::UpOptions,
+) -> Result<()> {
     if !ctx.dir.has_identity() {
         eprintln!(
             "No identity in {} yet: signing up.",
@@ -509,7 +554,6 @@ fn up(ctx: &Ctx, username: Option<String>, control_port: u16, once: bool) -> Res
             "data_dir": node.dir.root(),
             "rooms_known": all_rooms,
             "my_rooms": rooms.iter().map(|r| r.id.to_hex()).collect::<Vec<_>>(),
-            "mesh": "not in this build",
             "running": !once,
         }),
         || {
@@ -527,7 +571,9 @@ fn up(ctx: &Ctx, username: Option<String>, control_port: u16, once: bool) -> Res
             for r in &rooms {
                 s.push_str(&format!("\n    {}  {}", r.id, r.room.title));
             }
-            s.push_str("\nThis build has no mesh yet: it keeps rooms, channels and logs locally and serves the other tincan commands while it runs; LAN discovery and gossip come next.");
+            if !once {
+                s.push_str("\nWhile it runs, the other tincan commands go through it.");
+            }
             s
         },
     );
@@ -537,7 +583,55 @@ fn up(ctx: &Ctx, username: Option<String>, control_port: u16, once: bool) -> Res
     }
     ctx.flush();
     let node = ctx.node.borrow_mut().take().expect("unlocked above");
-    crate::daemon::run(node, crate::daemon::UpOptions { control_port })
+    crate::daemon::run(node, options)
+}
+
+fn peers(ctx: &Ctx) -> Result<()> {
+    let node = ctx.unlock_running()?;
+    let Some(link) = node.mesh.clone() else {
+        bail!(
+            "no node is running on {}: start it with `tincan up`",
+            ctx.dir.root().display()
+        );
+    };
+    let peers = link.runtime.block_on(link.mesh.peers())?;
+    ctx.print(
+        json!(
+            peers
+                .iter()
+                .map(|p| json!({
+                    "peer_id": p.peer_id.to_string(),
+                    "address": p.address.to_string(),
+                    "rtt_ms": p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    "score": p.score,
+                    "agent": p.agent,
+                }))
+                .collect::<Vec<_>>()
+        ),
+        || {
+            if peers.is_empty() {
+                return "no peers connected".into();
+            }
+            peers
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}  {}  rtt {}  score {}",
+                        p.peer_id,
+                        p.address,
+                        p.rtt
+                            .map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+                            .unwrap_or_else(|| "?".into()),
+                        p.score
+                            .map(|s| format!("{s:.1}"))
+                            .unwrap_or_else(|| "?".into())
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+    );
+    Ok(())
 }
 
 fn show_identity(ctx: &Ctx, sealed: &SealedIdentity) -> Result<()> {
@@ -713,6 +807,7 @@ fn room_command(ctx: &Ctx, action: RoomAction) -> Result<()> {
             let hlc = node.now()?;
             let (id, rec) = make::room(node.user_key(), hlc, nonce, &title, settings)?;
             node.write(rec)?;
+            node.follow(id);
             let view = node
                 .store
                 .room(&id)?
@@ -846,6 +941,7 @@ fn room_command(ctx: &Ctx, action: RoomAction) -> Result<()> {
             }
             let hlc = node.now()?;
             node.write(make::delete_room(node.user_key(), hlc, r.room.nonce)?)?;
+            node.unfollow(r.id);
             ctx.print(json!({"deleted": r.id.to_hex()}), || {
                 format!("deleted room {}", r.id)
             });
@@ -854,9 +950,37 @@ fn room_command(ctx: &Ctx, action: RoomAction) -> Result<()> {
     }
 }
 
+/// How long `room join` waits for a room it has not seen to arrive by sync.
+const ROOM_ARRIVAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Finds a room; on a running node, a full room id it has not seen yet is
+/// fetched from peers first (follow its topic, wait for catch-up sync).
+fn resolve_or_fetch_room(node: &Node, text: &str) -> Result<RoomView> {
+    let id = match resolve_room(&node.store, text) {
+        Ok(r) => return Ok(r),
+        Err(e) => match (RoomId::from_hex(text.trim()), &node.mesh) {
+            (Ok(id), Some(_)) => id,
+            _ => return Err(e),
+        },
+    };
+    node.follow(id);
+    let deadline = std::time::Instant::now() + ROOM_ARRIVAL_TIMEOUT;
+    while std::time::Instant::now() < deadline {
+        if let Some(r) = node.store.room(&id)? {
+            return Ok(r);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    node.unfollow(id);
+    bail!(
+        "room {id} did not arrive from any peer within {} s: check `tincan peers`, or that its owner's node is up",
+        ROOM_ARRIVAL_TIMEOUT.as_secs()
+    )
+}
+
 fn self_membership(ctx: &Ctx, room: &str, state: MemberState) -> Result<()> {
     let mut node = ctx.unlock()?;
-    let r = resolve_room(&node.store, room)?;
+    let r = resolve_or_fetch_room(&node, room)?;
     let me = node.user_key().id();
     if r.owner == me {
         bail!("you own {}: owners are always members", r.id);

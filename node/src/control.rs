@@ -51,6 +51,8 @@ pub enum RemoteCommand {
     Export(Option<PathBuf>),
     /// `tincan import` (paths made absolute by the client)
     Import(PathBuf),
+    /// `tincan peers`
+    Peers,
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
@@ -69,6 +71,7 @@ impl RemoteCommand {
                 RemoteCommand::Export(out.as_deref().map(absolute).transpose()?)
             }
             Command::Import { file } => RemoteCommand::Import(absolute(&file)?),
+            Command::Peers => RemoteCommand::Peers,
             other => return Ok(Err(other)),
         }))
     }
@@ -81,6 +84,7 @@ impl RemoteCommand {
             RemoteCommand::Log(action) => Command::Log { action },
             RemoteCommand::Export(out) => Command::Export { out },
             RemoteCommand::Import(file) => Command::Import { file },
+            RemoteCommand::Peers => Command::Peers,
         }
     }
 }

@@ -17,10 +17,46 @@ use crate::node::Node;
 const MAX_CONCURRENT_REQUESTS: usize = 16;
 
 /// Options of `tincan up`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct UpOptions {
     /// Port of the control endpoint on 127.0.0.1 (0: any free port).
     pub control_port: u16,
+    /// Mesh listen addresses (empty: QUIC and TCP on every interface).
+    pub listen: Vec<String>,
+    /// Peers to dial at start (bootstrap nodes, or known peers).
+    pub bootstrap: Vec<String>,
+    /// Find peers on the LAN by mDNS.
+    pub mdns: bool,
+    /// Relays to listen through.
+    pub relays: Vec<String>,
+}
+
+fn multiaddrs(what: &str, list: &[String]) -> Result<Vec<tincan_mesh::Multiaddr>> {
+    list.iter()
+        .map(|a| {
+            a.parse()
+                .map_err(|e| anyhow!("{what} {a:?} is not a multiaddr ({e}): e.g. /ip4/192.0.2.1/tcp/4001/p2p/12D3KooW..."))
+        })
+        .collect()
+}
+
+/// The mesh configuration for these options and this node key.
+fn mesh_config(node: &Node, options: &UpOptions) -> Result<tincan_mesh::MeshConfig> {
+    let seed = node
+        .identity
+        .node_key
+        .as_ref()
+        .ok_or_else(|| anyhow!("the identity has no node key"))?
+        .seed();
+    let mut config = tincan_mesh::MeshConfig::new(*seed);
+    if !options.listen.is_empty() {
+        config.listen_addrs = multiaddrs("--listen", &options.listen)?;
+    }
+    config.bootstrap_peers = multiaddrs("--bootstrap", &options.bootstrap)?;
+    config.relays = multiaddrs("--relay", &options.relays)?;
+    config.mdns = options.mdns;
+    config.agent = format!("tincan/{}", env!("CARGO_PKG_VERSION"));
+    Ok(config)
 }
 
 /// Runs the node until Ctrl-C or SIGTERM.
@@ -33,8 +69,29 @@ pub fn run(node: Node, options: UpOptions) -> Result<()> {
     runtime.block_on(serve(node, options))
 }
 
-async fn serve(node: Node, options: UpOptions) -> Result<()> {
+async fn serve(mut node: Node, options: UpOptions) -> Result<()> {
     let dir = node.dir.clone();
+    let mesh = tincan_mesh::Mesh::start(mesh_config(&node, &options)?, node.store.clone())
+        .await
+        .context("cannot start the mesh")?;
+    let me = node.user_key().id();
+    let rooms = node.store.rooms_of_user(&me)?;
+    for room in &rooms {
+        mesh.subscribe_room(room.id).await?;
+    }
+    let addrs = tokio::time::timeout(std::time::Duration::from_secs(5), mesh.listen_addrs())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    for a in &addrs {
+        eprintln!("Mesh listening on {a}/p2p/{}", mesh.peer_id());
+    }
+    tracing::info!(peer_id = %mesh.peer_id(), rooms = rooms.len(), "mesh started");
+    node.mesh = Some(crate::node::MeshLink {
+        mesh: mesh.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    });
     let listener = TcpListener::bind(("127.0.0.1", options.control_port))
         .await
         .with_context(|| format!("cannot listen on 127.0.0.1:{}", options.control_port))?;
@@ -80,8 +137,9 @@ async fn serve(node: Node, options: UpOptions) -> Result<()> {
     }
     eprintln!("Stopping.");
     let _ = std::fs::remove_file(&path);
-    // Wait for requests in flight, then close the store.
+    // Wait for requests in flight, stop the mesh, then close the store.
     let _ = slots.acquire_many(MAX_CONCURRENT_REQUESTS as u32).await;
+    mesh.shutdown().await;
     if let Ok(mut n) = node.lock() {
         n.take();
     }

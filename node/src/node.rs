@@ -3,11 +3,12 @@
 //! store like any record from a peer, so the same rules hold for both.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 use tincan_core::keystore::{Identity, KdfParams, SealedIdentity};
-use tincan_core::{Hlc, HlcClock, NodeKey, SignedRecord, UserKey};
+use tincan_core::{Hlc, HlcClock, NodeKey, RoomId, SignedRecord, UserKey};
 use tincan_store::datadir::DataDir;
 use tincan_store::{Applied, ApplyError, Store, StoreConfig};
 
@@ -61,14 +62,25 @@ pub fn open_store(dir: &DataDir) -> Result<Store> {
     Ok(Store::open(dir.store_path(), StoreConfig::default())?)
 }
 
-/// An unlocked node with its store open.
+/// The running mesh, as seen from the (blocking) command code.
+#[derive(Clone, Debug)]
+pub struct MeshLink {
+    /// The mesh node.
+    pub mesh: tincan_mesh::Mesh,
+    /// The runtime it runs on, to wait for it from a blocking thread.
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// An unlocked node with its store open, and its mesh when `tincan up` runs.
 pub struct Node {
     /// The data directory.
     pub dir: DataDir,
     /// The unlocked identity.
     pub identity: Identity,
-    /// The store.
-    pub store: Store,
+    /// The store (shared with the mesh).
+    pub store: Arc<Store>,
+    /// The mesh, while `tincan up` runs.
+    pub mesh: Option<MeshLink>,
     clock: HlcClock,
 }
 
@@ -83,11 +95,12 @@ impl Node {
                 dir.root().display()
             );
         }
-        let store = open_store(&dir)?;
+        let store = Arc::new(open_store(&dir)?);
         Ok(Node {
             dir,
             identity,
             store,
+            mesh: None,
             clock: HlcClock::new(),
         })
     }
@@ -106,12 +119,41 @@ impl Node {
         Ok(self.clock.now(wall))
     }
 
-    /// Applies a record we signed; a refusal is an error in the rules' words.
+    /// Applies a record we signed and, when the mesh runs, gossips it; a
+    /// refusal is an error in the rules' words.
     pub fn write(&self, record: SignedRecord) -> Result<Applied> {
-        match self.store.apply(record) {
-            Ok(a) => Ok(a),
-            Err(ApplyError::Rejected(e)) => Err(anyhow!("refused: {e}")),
-            Err(e) => Err(e.into()),
+        let applied = match self.store.apply(record.clone()) {
+            Ok(a) => a,
+            Err(ApplyError::Rejected(e)) => return Err(anyhow!("refused: {e}")),
+            Err(e) => return Err(e.into()),
+        };
+        if let (Some(link), Applied::Stored | Applied::StoredHidden(_)) = (&self.mesh, &applied) {
+            // Stored is what matters; if no peer hears it now, catch-up
+            // sync hands it over later.
+            match link.runtime.block_on(link.mesh.publish(record)) {
+                Ok(true) => {}
+                Ok(false) => tracing::debug!("no peer in the room right now; sync will deliver it"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not gossip a record; sync will deliver it")
+                }
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Follows a room on the mesh (gossip and sync), when the mesh runs.
+    pub fn follow(&self, room: RoomId) {
+        if let Some(link) = &self.mesh
+            && let Err(e) = link.runtime.block_on(link.mesh.subscribe_room(room))
+        {
+            tracing::warn!(%room, error = %e, "cannot follow the room on the mesh");
+        }
+    }
+
+    /// Stops following a room, when the mesh runs.
+    pub fn unfollow(&self, room: RoomId) {
+        if let Some(link) = &self.mesh {
+            let _ = link.runtime.block_on(link.mesh.unsubscribe_room(room));
         }
     }
 }

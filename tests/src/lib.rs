@@ -15,6 +15,126 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// `tincan up` on loopback only, without mDNS: what tests run outside the
+/// network namespaces they create.
+pub const LOOPBACK_UP: &[&str] = &["up", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"];
+
+/// A running `tincan up` whose stderr is read line by line as it comes.
+pub struct RunningNode {
+    /// The process.
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every stderr line read so far.
+    pub log: Vec<String>,
+}
+
+impl RunningNode {
+    /// Starts `tincan` with `args` (e.g. [`LOOPBACK_UP`]) for `t`, and waits
+    /// until its control endpoint is up.
+    pub fn start(t: &Tincan, args: &[&str]) -> Self {
+        let mut child = t
+            .cmd()
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start tincan up");
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, lines) = std::sync::mpsc::sync_channel(1024);
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                // Keep draining even when nobody listens, so the node never blocks on stderr.
+                let _ = tx.try_send(line);
+            }
+        });
+        let mut node = RunningNode {
+            child,
+            lines,
+            log: Vec::new(),
+        };
+        node.wait_for_line("control endpoint", std::time::Duration::from_secs(30));
+        node
+    }
+
+    /// Waits until a stderr line contains `needle`; returns that line.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: std::time::Duration) -> String {
+        if let Some(l) = self.log.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "no line with {needle:?} within {timeout:?}; stderr so far:\n{}",
+            self.log.join("\n")
+        );
+    }
+
+    /// The first mesh address it listens on, with its `/p2p/` suffix.
+    pub fn mesh_addr(&mut self) -> String {
+        let line = self.wait_for_line("Mesh listening on ", std::time::Duration::from_secs(30));
+        line.split("Mesh listening on ")
+            .nth(1)
+            .expect("address")
+            .trim()
+            .to_owned()
+    }
+
+    /// Sends SIGINT and waits (bounded) for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("tincan up did not stop within 20 s of SIGINT");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        // A failed test must not leave nodes running.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `f` every 50 ms until it returns Some, for at most `timeout`.
+pub fn eventually<T>(timeout: std::time::Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// A `tincan` invocation with its own data directory and password.
 pub struct Tincan {
     /// The data directory.

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use tincan_tests::Tincan;
 
 fn start(t: &Tincan) -> Child {
+    // Loopback only, no mDNS: tests send nothing beyond this machine.
     let child = t
         .cmd()
-        .arg("up")
+        .args(tincan_tests::LOOPBACK_UP)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let control = t.data_dir.join("control.json");
