@@ -278,3 +278,31 @@ fn build_delayed_swarm(
         .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_connection_timeout))
         .build())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_key_seed_gives_the_same_peer_id_as_core() {
+        let node_key = tincan_core::NodeKey::from_seed(&[42; 32]);
+        let kp = keypair(&node_key.seed()).unwrap();
+        assert_eq!(
+            kp.public().to_peer_id().to_string(),
+            node_key.id().peer_id()
+        );
+    }
+
+    #[test]
+    fn one_record_is_one_message_id() {
+        let msg = |source| gossipsub::Message {
+            source,
+            data: vec![1, 2, 3],
+            sequence_number: Some(7),
+            topic: profiles_topic().hash(),
+        };
+        let a = msg(None);
+        let b = msg(Some(libp2p::PeerId::random()));
+        assert_eq!(message_id(&a), message_id(&b));
+    }
+}
