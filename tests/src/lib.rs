@@ -32,8 +32,13 @@ impl RunningNode {
     /// Starts `tincan` with `args` (e.g. [`LOOPBACK_UP`]) for `t`, and waits
     /// until its control endpoint is up.
     pub fn start(t: &Tincan, args: &[&str]) -> Self {
+        Self::start_in(t, None, args)
+    }
+
+    /// Like [`RunningNode::start`], inside network namespace `ns`.
+    pub fn start_in(t: &Tincan, ns: Option<&str>, args: &[&str]) -> Self {
         let mut child = t
-            .cmd()
+            .cmd_in(ns)
             .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -154,13 +159,26 @@ impl Tincan {
 
     /// The command, ready for arguments.
     pub fn cmd(&self) -> Command {
+        self.cmd_in(None)
+    }
+
+    /// The command run inside network namespace `ns` (`ip netns exec`), or
+    /// here when `None`.
+    pub fn cmd_in(&self, ns: Option<&str>) -> Command {
         let bin = workspace_bin("tincan");
         assert!(
             bin.exists(),
             "{} is missing: build it first (cargo build -p tincan, or run the whole suite with ./x test)",
             bin.display()
         );
-        let mut c = Command::new(bin);
+        let mut c = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         c.env("TINCAN_DATA_DIR", &self.data_dir)
             .env("TINCAN_PASSWORD", &self.password)
             .env_remove("TINCAN_USERNAME")
@@ -200,5 +218,67 @@ impl Tincan {
         let out = self.run(args);
         assert!(!out.status.success(), "tincan {args:?} should have failed");
         String::from_utf8(out.stderr).expect("utf-8 output")
+    }
+}
+
+/// Why network-namespace tests cannot run here, if they cannot: they need
+/// root and iproute2. Tests print this and skip.
+pub fn netns_unavailable() -> Option<String> {
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    if uid.as_deref() != Some("0") {
+        return Some("network namespace tests need root (run ./x test as root)".into());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Some(
+            "network namespace tests need iproute2 (`ip`); ./x bootstrap installs it".into(),
+        );
+    }
+    None
+}
+
+/// Runs a command that must succeed (setting up namespaces).
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Network namespaces a test created; deleted (with their links) on drop,
+/// even when the test fails.
+pub struct Namespaces {
+    /// Their names.
+    pub names: Vec<String>,
+}
+
+impl Namespaces {
+    /// Creates namespaces `{prefix}{i}` for each suffix, with loopback up.
+    pub fn create(prefix: &str, suffixes: &[&str]) -> Self {
+        let ns = Namespaces {
+            names: suffixes.iter().map(|s| format!("{prefix}{s}")).collect(),
+        };
+        for n in &ns.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+            sh(&["ip", "netns", "add", n]);
+            sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
+        }
+        ns
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
     }
 }
