@@ -78,7 +78,13 @@ async fn five_nodes_converge_on_a_new_room() {
         )
         .await;
     }
-    // A second writer, on the far side of the ring.
+    // A second writer, on the far side of the ring, with a profile (the
+    // profiles topic every node follows).
+    publish(
+        &nodes[2],
+        make::profile(&guest, clock.next(), "guest").unwrap(),
+    )
+    .await;
     publish(&nodes[2], make::join(&guest, clock.next(), room).unwrap()).await;
     publish(
         &nodes[2],
@@ -88,7 +94,9 @@ async fn five_nodes_converge_on_a_new_room() {
 
     let took = eventually(LIMIT, || async {
         for n in &nodes {
-            if room_state(n, &room).await != (1, 3, 11) {
+            if room_state(n, &room).await != (1, 3, 11)
+                || n.store.profile(&guest.id()).unwrap().is_none()
+            {
                 return false;
             }
         }
@@ -101,7 +109,7 @@ async fn five_nodes_converge_on_a_new_room() {
     }
     assert!(took.is_some(), "not converged within {LIMIT:?}: {states:?}");
     println!(
-        "FIGURE five_nodes: room + 3 channels + 11 log entries on all 5 nodes {:.0} ms after the first publish",
+        "FIGURE five_nodes: room + 3 channels + 11 log entries + a profile on all 5 nodes {:.0} ms after the first publish",
         start.elapsed().as_secs_f64() * 1000.0
     );
     let dump = nodes[0].store.state_dump().unwrap();
