@@ -1183,3 +1183,55 @@ async fn records_served_by_a_lying_sync_peer_are_refused() {
     assert_eq!(honest.store.pending_len().unwrap(), 0);
     honest.mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_sync_over_quic() {
+    init_tracing();
+    let quic = |n| {
+        let mut cfg = MeshConfig::loopback(seed(n));
+        cfg.listen_addrs = vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()];
+        cfg
+    };
+    let a = node_with(quic(1100)).await;
+    let b = node_with(quic(1101)).await;
+    assert!(
+        a.addr
+            .iter()
+            .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1)),
+        "{}",
+        a.addr
+    );
+    let owner = user(1);
+    let (room, room_rec) = make::room(
+        &owner,
+        Hlc::new(1, 0),
+        [11; 16],
+        "room",
+        RoomSettings::default(),
+    )
+    .unwrap();
+    a.store.apply(room_rec).unwrap();
+    a.mesh.subscribe_room(room).await.unwrap();
+    b.mesh.subscribe_room(room).await.unwrap();
+    b.mesh.dial(a.addr.clone()).await.unwrap();
+    assert!(
+        eventually(LIMIT, || async { b.store.room(&room).unwrap().is_some() })
+            .await
+            .is_some(),
+        "no sync over QUIC"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish(
+        &b,
+        make::log(&owner, Hlc::new(2, 0), room, "over quic").unwrap(),
+    )
+    .await;
+    assert!(
+        eventually(LIMIT, || async { room_state(&a, &room).await.2 == 1 })
+            .await
+            .is_some(),
+        "no gossip over QUIC"
+    );
+    a.mesh.shutdown().await;
+    b.mesh.shutdown().await;
+}
