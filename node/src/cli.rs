@@ -83,6 +83,12 @@ pub enum Command {
         /// A relay to listen through when behind NAT, /.../p2p/<relay id> (repeatable)
         #[arg(long = "relay")]
         relays: Vec<String>,
+        /// Announce the listen addresses as reachable (on a LAN or with a public IP; behind NAT AutoNAT finds the address instead)
+        #[arg(long)]
+        advertise_listen_addrs: bool,
+        /// An address at which others reach this node (a port forward, a public IP), repeatable
+        #[arg(long = "external")]
+        external: Vec<String>,
     },
     /// Peers of the running node, with round-trip time and score
     Peers,
@@ -476,6 +482,8 @@ pub(crate) fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
             bootstrap,
             no_mdns,
             relays,
+            advertise_listen_addrs,
+            external,
         } => {
             let options = crate::daemon::UpOptions {
                 control_port,
@@ -483,6 +491,8 @@ pub(crate) fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
                 bootstrap,
                 mdns: !no_mdns,
                 relays,
+                advertise_listen_addrs,
+                external,
             };
             up(ctx, username, once, options)
         }

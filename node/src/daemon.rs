@@ -29,6 +29,10 @@ pub struct UpOptions {
     pub mdns: bool,
     /// Relays to listen through.
     pub relays: Vec<String>,
+    /// Announce the listen addresses as reachable.
+    pub advertise_listen_addrs: bool,
+    /// Addresses at which others reach this node.
+    pub external: Vec<String>,
 }
 
 fn multiaddrs(what: &str, list: &[String]) -> Result<Vec<tincan_mesh::Multiaddr>> {
@@ -54,6 +58,8 @@ fn mesh_config(node: &Node, options: &UpOptions) -> Result<tincan_mesh::MeshConf
     }
     config.bootstrap_peers = multiaddrs("--bootstrap", &options.bootstrap)?;
     config.relays = multiaddrs("--relay", &options.relays)?;
+    config.external_addrs = multiaddrs("--external", &options.external)?;
+    config.advertise_listen_addrs = options.advertise_listen_addrs;
     config.mdns = options.mdns;
     config.agent = format!("tincan/{}", env!("CARGO_PKG_VERSION"));
     Ok(config)

@@ -17,7 +17,13 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 
 /// `tincan up` on loopback only, without mDNS: what tests run outside the
 /// network namespaces they create.
-pub const LOOPBACK_UP: &[&str] = &["up", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"];
+pub const LOOPBACK_UP: &[&str] = &[
+    "up",
+    "--no-mdns",
+    "--listen",
+    "/ip4/127.0.0.1/tcp/0",
+    "--advertise-listen-addrs",
+];
 
 /// A running `tincan up` whose stderr is read line by line as it comes.
 pub struct RunningNode {

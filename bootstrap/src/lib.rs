@@ -1,0 +1,169 @@
+//! `tincan-bootstrap`: what a community operator runs on a server with a
+//! public address so that players' nodes find each other beyond the LAN.
+//!
+//! It is a mesh node without a user: Kademlia in server mode (nodes announce
+//! the rooms they follow as provider records and look each other up), a
+//! libp2p relay v2 server (so nodes behind NAT can be reached for
+//! signalling, and DCUtR can punch through), identify and AutoNAT. Its node
+//! key persists in a file, so its address stays valid across restarts.
+//!
+//! A library with a thin `main.rs`, so tests start it in-process with
+//! [`Bootstrap::start`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+use tincan_core::NodeKey;
+use tincan_mesh::{Mesh, MeshConfig, Multiaddr, PeerId};
+use tincan_store::{Store, StoreConfig};
+
+/// The TOML configuration (see `deploy/bootstrap.toml`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the node key lives (created, mode 0600, if missing).
+    pub key_file: PathBuf,
+    /// Addresses to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Public addresses to announce (e.g. `/ip4/203.0.113.7/udp/4001/quic-v1`);
+    /// needed behind a port forward, optional with a public IP.
+    #[serde(default)]
+    pub external_addresses: Vec<String>,
+    /// Announce the listen addresses as reachable (right for a server with a
+    /// public IP or on a LAN).
+    #[serde(default = "yes")]
+    pub advertise_listen_addresses: bool,
+    /// Serve as a libp2p relay v2 (signalling for nodes behind NAT).
+    #[serde(default = "yes")]
+    pub relay: bool,
+    /// Other bootstrap nodes to peer with.
+    #[serde(default)]
+    pub peers: Vec<String>,
+}
+
+fn default_listen() -> Vec<String> {
+    vec![
+        "/ip4/0.0.0.0/udp/4001/quic-v1".into(),
+        "/ip4/0.0.0.0/tcp/4001".into(),
+    ]
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Config {
+    /// Reads and checks a TOML file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let config: Config = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid configuration", path.display()))?;
+        config.mesh_addrs()?;
+        Ok(config)
+    }
+
+    fn mesh_addrs(&self) -> Result<(Vec<Multiaddr>, Vec<Multiaddr>, Vec<Multiaddr>)> {
+        let parse = |what: &str, list: &[String]| -> Result<Vec<Multiaddr>> {
+            list.iter()
+                .map(|a| {
+                    a.parse()
+                        .map_err(|e| anyhow!("{what}: {a:?} is not a multiaddr: {e}"))
+                })
+                .collect()
+        };
+        Ok((
+            parse("listen", &self.listen)?,
+            parse("external_addresses", &self.external_addresses)?,
+            parse("peers", &self.peers)?,
+        ))
+    }
+}
+
+/// Loads the node key's seed from `path`, or creates it there.
+pub fn load_or_create_key(path: &Path) -> Result<NodeKey> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let mut seed = [0u8; 32];
+            hex::decode_to_slice(text.trim(), &mut seed)
+                .map_err(|_| anyhow!("{} is not a node key (64 hex digits): restore it, or delete it to get a new identity", path.display()))?;
+            Ok(NodeKey::from_seed(&seed))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = NodeKey::generate()?;
+            if let Some(dir) = path.parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            tincan_store::datadir::write_atomic(path, hex::encode(*key.seed()).as_bytes())?;
+            tracing::info!(path = %path.display(), "created a new node key");
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// A running bootstrap node.
+pub struct Bootstrap {
+    mesh: Mesh,
+}
+
+impl Bootstrap {
+    /// Starts it on the current tokio runtime.
+    pub async fn start(config: &Config) -> Result<Bootstrap> {
+        let key = load_or_create_key(&config.key_file)?;
+        let (listen, external, peers) = config.mesh_addrs()?;
+        if listen.is_empty() {
+            bail!("no listen address: set `listen` in the configuration");
+        }
+        let mut mesh_config = MeshConfig::new(*key.seed());
+        mesh_config.listen_addrs = listen;
+        mesh_config.external_addrs = external;
+        mesh_config.bootstrap_peers = peers;
+        mesh_config.advertise_listen_addrs = config.advertise_listen_addresses;
+        mesh_config.kademlia_server = true;
+        mesh_config.relay_server = config.relay;
+        // A server has no LAN of players to find.
+        mesh_config.mdns = false;
+        mesh_config.agent = format!("tincan-bootstrap/{}", env!("CARGO_PKG_VERSION"));
+        // It keeps no rooms: profiles it relays live in memory only.
+        let store = Arc::new(Store::in_memory(StoreConfig::default())?);
+        let mesh = Mesh::start(mesh_config, store)
+            .await
+            .context("cannot start the mesh")?;
+        Ok(Bootstrap { mesh })
+    }
+
+    /// Its PeerId.
+    pub fn peer_id(&self) -> PeerId {
+        self.mesh.peer_id()
+    }
+
+    /// The addresses it listens on, each with `/p2p/<peer id>`: what players
+    /// pass to `tincan up --bootstrap`.
+    pub async fn addresses(&self) -> Result<Vec<Multiaddr>> {
+        let id = self.peer_id();
+        Ok(self
+            .mesh
+            .listen_addrs()
+            .await?
+            .into_iter()
+            .map(|a| a.with_p2p(id).unwrap_or_else(|a| a))
+            .collect())
+    }
+
+    /// The mesh node (peers, counters).
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
+    /// Stops it.
+    pub async fn shutdown(self) {
+        self.mesh.shutdown().await;
+    }
+}

@@ -1,0 +1,81 @@
+//! The `tincan-bootstrap` binary: reads the configuration, runs the node
+//! until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Parser;
+
+/// A community bootstrap node for tincan: Kademlia server and libp2p relay.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The TOML configuration (see deploy/bootstrap.toml)
+    #[arg(
+        long,
+        short,
+        env = "TINCAN_BOOTSTRAP_CONFIG",
+        default_value = "/etc/tincan/bootstrap.toml"
+    )]
+    config: PathBuf,
+    /// Log as JSON lines
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if args.log_json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let config = tincan_bootstrap::Config::load(&args.config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let node = tincan_bootstrap::Bootstrap::start(&config).await?;
+        for a in node.addresses().await? {
+            println!("{a}");
+        }
+        eprintln!(
+            "tincan-bootstrap {} running; players use --bootstrap with an address above",
+            node.peer_id()
+        );
+        shutdown_signal().await;
+        eprintln!("stopping");
+        node.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
