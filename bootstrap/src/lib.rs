@@ -42,6 +42,56 @@ pub struct Config {
     /// Other bootstrap nodes to peer with.
     #[serde(default)]
     pub peers: Vec<String>,
+    /// Limits of the relay (each key optional; libp2p's defaults otherwise).
+    #[serde(default)]
+    pub relay_limits: RelayLimitsConfig,
+}
+
+/// `[relay_limits]` in the configuration.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayLimitsConfig {
+    /// Peers that may hold a reservation at once.
+    pub max_reservations: Option<usize>,
+    /// Reservations one peer may hold.
+    pub max_reservations_per_peer: Option<usize>,
+    /// Seconds a reservation lasts before it must be renewed.
+    pub reservation_duration_secs: Option<u64>,
+    /// Circuits relayed at once.
+    pub max_circuits: Option<usize>,
+    /// Circuits at once to or from one peer.
+    pub max_circuits_per_peer: Option<usize>,
+    /// Longest life of a circuit, in seconds.
+    pub max_circuit_duration_secs: Option<u64>,
+    /// Most bytes a circuit carries each way.
+    pub max_circuit_bytes: Option<u64>,
+}
+
+impl RelayLimitsConfig {
+    /// The limits, with libp2p's defaults for what is not set.
+    pub fn limits(&self) -> tincan_mesh::RelayLimits {
+        let d = tincan_mesh::RelayLimits::default();
+        let secs = std::time::Duration::from_secs;
+        tincan_mesh::RelayLimits {
+            max_reservations: self.max_reservations.unwrap_or(d.max_reservations),
+            max_reservations_per_peer: self
+                .max_reservations_per_peer
+                .unwrap_or(d.max_reservations_per_peer),
+            reservation_duration: self
+                .reservation_duration_secs
+                .map(secs)
+                .unwrap_or(d.reservation_duration),
+            max_circuits: self.max_circuits.unwrap_or(d.max_circuits),
+            max_circuits_per_peer: self
+                .max_circuits_per_peer
+                .unwrap_or(d.max_circuits_per_peer),
+            max_circuit_duration: self
+                .max_circuit_duration_secs
+                .map(secs)
+                .unwrap_or(d.max_circuit_duration),
+            max_circuit_bytes: self.max_circuit_bytes.unwrap_or(d.max_circuit_bytes),
+        }
+    }
 }
 
 fn default_listen() -> Vec<String> {
@@ -128,6 +178,7 @@ impl Bootstrap {
         mesh_config.advertise_listen_addrs = config.advertise_listen_addresses;
         mesh_config.kademlia_server = true;
         mesh_config.relay_server = config.relay;
+        mesh_config.relay_limits = config.relay_limits.limits();
         // A server has no LAN of players to find.
         mesh_config.mdns = false;
         mesh_config.agent = format!("tincan-bootstrap/{}", env!("CARGO_PKG_VERSION"));
@@ -165,5 +216,30 @@ impl Bootstrap {
     /// Stops it.
     pub async fn shutdown(self) {
         self.mesh.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_limits_from_toml_with_defaults_for_the_rest() {
+        let c: Config = toml::from_str(
+            "key_file = \"k\"\n[relay_limits]\nmax_circuits = 4\nmax_circuit_duration_secs = 30\n",
+        )
+        .unwrap();
+        let l = c.relay_limits.limits();
+        assert_eq!(l.max_circuits, 4);
+        assert_eq!(l.max_circuit_duration, std::time::Duration::from_secs(30));
+        assert_eq!(
+            l.max_reservations,
+            tincan_mesh::RelayLimits::default().max_reservations
+        );
+        assert_eq!(l.to_relay_config().max_circuits, 4);
+        assert!(
+            toml::from_str::<Config>("key_file = \"k\"\n[relay_limits]\nmax_circuitz = 4\n")
+                .is_err()
+        );
     }
 }

@@ -182,7 +182,7 @@ fn behaviour(
         relay_client,
         relay_server: cfg
             .relay_server
-            .then(|| relay::Behaviour::new(peer_id, relay::Config::default()))
+            .then(|| relay::Behaviour::new(peer_id, cfg.relay_limits.to_relay_config()))
             .into(),
         dcutr: dcutr::Behaviour::new(peer_id),
     })

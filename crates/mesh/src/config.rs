@@ -37,6 +37,9 @@ pub struct MeshConfig {
     pub kademlia_server: bool,
     /// Serve as a libp2p relay v2 (bootstrap nodes).
     pub relay_server: bool,
+    /// Limits of the relay server: it carries signalling and hole-punch
+    /// coordination, never voice, so circuits are short and small.
+    pub relay_limits: RelayLimits,
     /// How often each subscribed room is synced with a few peers, beside the
     /// syncs on connect and on subscribe.
     pub sync_interval: Duration,
@@ -76,6 +79,7 @@ impl MeshConfig {
             mdns: true,
             kademlia_server: false,
             relay_server: false,
+            relay_limits: RelayLimits::default(),
             sync_interval: Duration::from_secs(30),
             sync_peers_per_round: 2,
             gossip_heartbeat: Duration::from_secs(1),
@@ -159,6 +163,59 @@ pub struct Limits {
     pub command_queue: usize,
     /// How long an outbound sync request may take.
     pub sync_request_timeout: Duration,
+}
+
+/// What a relay server allows. At each limit a new reservation or circuit
+/// is refused (the peer is told so); a circuit past its duration or byte
+/// budget is closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Peers that may hold a reservation at once.
+    pub max_reservations: usize,
+    /// Reservations one peer may hold.
+    pub max_reservations_per_peer: usize,
+    /// How long a reservation lasts before it must be renewed.
+    pub reservation_duration: Duration,
+    /// Circuits relayed at once.
+    pub max_circuits: usize,
+    /// Circuits at once to or from one peer.
+    pub max_circuits_per_peer: usize,
+    /// Longest life of a circuit.
+    pub max_circuit_duration: Duration,
+    /// Most bytes a circuit carries each way.
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for RelayLimits {
+    /// libp2p relay v2's defaults: enough for signalling and for DCUtR.
+    fn default() -> Self {
+        RelayLimits {
+            max_reservations: 128,
+            max_reservations_per_peer: 4,
+            reservation_duration: Duration::from_secs(60 * 60),
+            max_circuits: 16,
+            max_circuits_per_peer: 4,
+            max_circuit_duration: Duration::from_secs(2 * 60),
+            max_circuit_bytes: 1 << 17,
+        }
+    }
+}
+
+impl RelayLimits {
+    /// libp2p's relay configuration with these limits (and its default
+    /// per-IP and per-peer rate limiters).
+    pub fn to_relay_config(&self) -> libp2p::relay::Config {
+        libp2p::relay::Config {
+            max_reservations: self.max_reservations,
+            max_reservations_per_peer: self.max_reservations_per_peer,
+            reservation_duration: self.reservation_duration,
+            max_circuits: self.max_circuits,
+            max_circuits_per_peer: self.max_circuits_per_peer,
+            max_circuit_duration: self.max_circuit_duration,
+            max_circuit_bytes: self.max_circuit_bytes,
+            ..libp2p::relay::Config::default()
+        }
+    }
 }
 
 impl Default for Limits {

@@ -34,7 +34,7 @@ pub mod rate;
 pub mod reconcile;
 
 pub use behaviour::{build_swarm, profiles_topic, room_topic};
-pub use config::{Limits, MeshConfig};
+pub use config::{Limits, MeshConfig, RelayLimits};
 pub use error::{DialError, PublishError, StartError, Stopped, SubscribeError};
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{Mesh, MeshStats, PeerInfo};
