@@ -309,8 +309,10 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
+    // Kademlia warns whenever its routing table is empty, which is the
+    // normal state of a node at a LAN party: keep that out of the default.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,libp2p_kad=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
