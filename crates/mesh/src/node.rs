@@ -260,6 +260,7 @@ impl Mesh {
             stats: MeshStats::default(),
             addr_waiters: Vec::new(),
             round: 0,
+            last_announce: None,
         };
         tokio::spawn(writer(
             store.clone(),
@@ -395,6 +396,15 @@ impl Mesh {
 }
 
 /// The DHT key under which the peers of a room announce themselves.
+/// Whether an address is on a loopback interface.
+fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
 fn room_key(room: &RoomId) -> kad::RecordKey {
     kad::RecordKey::new(&room_topic(room).hash().as_str())
 }
@@ -452,7 +462,19 @@ struct Driver {
     stats: MeshStats,
     addr_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
     round: usize,
+    /// When the followed rooms were last announced in the DHT because its
+    /// routing table gained a peer (debounced: see [`ANNOUNCE_DEBOUNCE`]).
+    last_announce: Option<Instant>,
 }
+
+/// Least time between re-announcements of the followed rooms triggered by
+/// new DHT peers: the first DHT peer matters (a room announced before any
+/// peer was known reached nobody), the hundredth adds little.
+const ANNOUNCE_DEBOUNCE: Duration = Duration::from_secs(10);
+
+/// How often rooms that have no connected peer yet are looked up again in
+/// the DHT, beside the slower periodic sync.
+const LONELY_ROOM_LOOKUP: Duration = Duration::from_secs(3);
 
 impl Driver {
     async fn run(
@@ -464,6 +486,9 @@ impl Driver {
             tokio::time::interval(self.config.sync_interval.max(Duration::from_millis(100)));
         periodic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         periodic.tick().await;
+        let mut lonely = tokio::time::interval(LONELY_ROOM_LOOKUP);
+        lonely.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        lonely.tick().await;
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
@@ -473,6 +498,7 @@ impl Driver {
                 },
                 Some(msg) = internal.recv() => self.on_internal(msg),
                 _ = periodic.tick() => self.periodic_sync(),
+                _ = lonely.tick() => self.look_up_lonely_rooms(),
             }
         }
         tracing::debug!(peer = %self.swarm.local_peer_id(), "mesh node stopped");
@@ -619,6 +645,42 @@ impl Driver {
         Ok(())
     }
 
+    /// Announces every followed room in the DHT and looks up its other
+    /// providers.
+    fn announce_rooms(&mut self) {
+        let rooms: Vec<RoomId> = self.rooms.iter().copied().collect();
+        let kad = &mut self.swarm.behaviour_mut().kademlia;
+        for room in rooms {
+            let key = room_key(&room);
+            if let Err(e) = kad.start_providing(key.clone()) {
+                tracing::debug!("cannot announce the room in the DHT: {e}");
+            }
+            kad.get_providers(key);
+        }
+    }
+
+    /// Looks up again, in the DHT, the rooms no connected peer follows (a
+    /// room's first lookup may have run before any DHT peer was known, or
+    /// before the room's other nodes announced it).
+    fn look_up_lonely_rooms(&mut self) {
+        let g = &self.swarm.behaviour().gossipsub;
+        let lonely: Vec<RoomId> = self
+            .rooms
+            .iter()
+            .copied()
+            .filter(|room| {
+                let topic = room_topic(room).hash();
+                !g.all_peers().any(|(_, topics)| topics.contains(&&topic))
+            })
+            .collect();
+        for room in lonely {
+            self.swarm
+                .behaviour_mut()
+                .kademlia
+                .get_providers(room_key(&room));
+        }
+    }
+
     fn periodic_sync(&mut self) {
         let now = Instant::now();
         self.author_limit.prune(now, Duration::from_secs(600));
@@ -745,15 +807,44 @@ impl Driver {
                 }
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                // One dial per peer with all its addresses. Dialling each
+                // (peer, address) pair apart made every dial after the first
+                // fail the "not already dialling" condition, and when the
+                // first was unusable (the peer's own 127.0.0.1, say) the
+                // peer was lost until mDNS expired the address minutes later.
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
                 for (peer, addr) in found {
-                    if !self.swarm.is_connected(&peer) {
-                        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
-                            .addresses(vec![addr])
-                            .build();
-                        if let Err(e) = self.swarm.dial(opts) {
-                            tracing::debug!(%peer, "cannot dial a peer found by mDNS: {e}");
-                        }
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+                for (peer, mut addrs) in by_peer {
+                    if self.swarm.is_connected(&peer) {
+                        continue;
                     }
+                    // Another host's loopback address is never the way to it.
+                    addrs.retain(|a| !is_loopback(a));
+                    if addrs.is_empty() {
+                        continue;
+                    }
+                    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                        .addresses(addrs)
+                        .build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        tracing::debug!(%peer, "cannot dial a peer found by mDNS: {e}");
+                    }
+                }
+            }
+            BehaviourEvent::Kademlia(kad::Event::RoutingUpdated {
+                is_new_peer: true, ..
+            }) => {
+                // Rooms announced while the routing table was empty reached
+                // nobody: announce them again now that there is someone.
+                let now = Instant::now();
+                if self
+                    .last_announce
+                    .is_none_or(|t| now.duration_since(t) >= ANNOUNCE_DEBOUNCE)
+                {
+                    self.last_announce = Some(now);
+                    self.announce_rooms();
                 }
             }
             BehaviourEvent::Kademlia(kad::Event::OutboundQueryProgressed {
