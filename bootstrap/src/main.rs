@@ -51,8 +51,15 @@ fn run(args: Args) -> Result<()> {
         .build()?;
     runtime.block_on(async {
         let node = tincan_bootstrap::Bootstrap::start(&config).await?;
-        for a in node.addresses().await? {
-            println!("{a}");
+        // Written, not println!: a closed stdout (`| head -1`, a service
+        // manager) must not kill the node.
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            for a in node.addresses().await? {
+                let _ = writeln!(out, "{a}");
+            }
+            let _ = out.flush();
         }
         eprintln!(
             "tincan-bootstrap {} running; players use --bootstrap with an address above",

@@ -129,6 +129,14 @@ impl Drop for RunningNode {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        if std::thread::panicking() {
+            self.log.extend(self.lines.try_iter());
+            eprintln!(
+                "--- stderr of tincan (pid {}) ---\n{}",
+                self.child.id(),
+                self.log.join("\n")
+            );
+        }
     }
 }
 
@@ -190,6 +198,11 @@ impl Tincan {
             .env_remove("TINCAN_USERNAME")
             .env_remove("TINCAN_EXPORT_PASSWORD")
             .env_remove("RUST_LOG");
+        // TINCAN_TEST_LOG=tincan_mesh=debug (say) turns on the nodes' logs,
+        // which a failing test prints.
+        if let Ok(filter) = std::env::var("TINCAN_TEST_LOG") {
+            c.env("RUST_LOG", filter);
+        }
         c
     }
 
@@ -287,4 +300,23 @@ impl Drop for Namespaces {
             let _ = Command::new("ip").args(["netns", "del", n]).output();
         }
     }
+}
+
+/// Reads the first line a child writes to stdout, and keeps draining the
+/// rest in the background, so the child never writes into a closed pipe.
+pub fn first_stdout_line(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut reader = std::io::BufReader::new(stdout);
+    let mut first = String::new();
+    reader
+        .read_line(&mut first)
+        .expect("read the child's stdout");
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while matches!(reader.read_line(&mut sink), Ok(n) if n > 0) {
+            sink.clear();
+        }
+    });
+    first.trim().to_owned()
 }

@@ -2,7 +2,6 @@
 //! that know only its address: they find each other through it (Kademlia
 //! provider records for the room) and replicate the room.
 
-use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,13 +34,8 @@ fn nodes_that_know_only_the_bootstrap_node_find_each_other() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start tincan-bootstrap (built by cargo test --workspace)");
-    let stdout = child.stdout.take().unwrap();
+    let bootstrap_addr = tincan_tests::first_stdout_line(&mut child);
     let _guard = Killed(child);
-    let mut first = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut first)
-        .unwrap();
-    let bootstrap_addr = first.trim().to_owned();
     assert!(
         bootstrap_addr.contains("/p2p/12D3KooW"),
         "{bootstrap_addr:?}"

@@ -13,19 +13,12 @@ use tincan_tests::{Namespaces, RunningNode, Tincan, eventually, netns_unavailabl
 fn lan(prefix: &str) -> Namespaces {
     let ns = Namespaces::create(prefix, &["a", "b", "sw"]);
     let (a, b, sw) = (&ns.names[0], &ns.names[1], &ns.names[2]);
-    sh(&["ip", "-n", sw, "link", "add", "br0", "type", "bridge"]);
-    sh(&["ip", "-n", sw, "link", "set", "br0", "up"]);
-    for (host, addr) in [(a, "10.77.0.1/24"), (b, "10.77.0.2/24")] {
-        // veth ends: "eth0" in the host namespace, "p-<host>" on the bridge.
-        let port = format!("p{}", &host[host.len() - 1..]);
-        sh(&[
-            "ip", "-n", sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
-            host,
-        ]);
-        sh(&["ip", "-n", sw, "link", "set", &port, "master", "br0"]);
-        sh(&["ip", "-n", sw, "link", "set", &port, "up"]);
-        sh(&["ip", "-n", host, "addr", "add", addr, "dev", "eth0"]);
-        sh(&["ip", "-n", host, "link", "set", "eth0", "up"]);
+    bridge(sw);
+    for (i, (host, addr)) in [(a, "10.77.0.1/24"), (b, "10.77.0.2/24")]
+        .into_iter()
+        .enumerate()
+    {
+        plug(sw, i, host, addr);
         // mDNS sends to 224.0.0.251: route multicast out of the LAN port.
         sh(&[
             "ip",
@@ -39,6 +32,24 @@ fn lan(prefix: &str) -> Namespaces {
         ]);
     }
     ns
+}
+
+/// A bridge `br0` in the switch namespace `sw`.
+fn bridge(sw: &str) {
+    sh(&["ip", "-n", sw, "link", "add", "br0", "type", "bridge"]);
+    sh(&["ip", "-n", sw, "link", "set", "br0", "up"]);
+}
+
+/// Plugs `host` into the bridge of `sw` (port `p{i}`), as `eth0` with `addr`.
+fn plug(sw: &str, i: usize, host: &str, addr: &str) {
+    let port = format!("p{i}");
+    sh(&[
+        "ip", "-n", sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", host,
+    ]);
+    sh(&["ip", "-n", sw, "link", "set", &port, "master", "br0"]);
+    sh(&["ip", "-n", sw, "link", "set", &port, "up"]);
+    sh(&["ip", "-n", host, "addr", "add", addr, "dev", "eth0"]);
+    sh(&["ip", "-n", host, "link", "set", "eth0", "up"]);
 }
 
 #[test]
@@ -205,14 +216,7 @@ fn a_node_behind_nat_reaches_its_rooms_peers_through_a_bootstrap_node() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let boot_addr = {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(boot.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        line.trim().to_owned()
-    };
+    let boot_addr = tincan_tests::first_stdout_line(&mut boot);
     struct Kill(std::process::Child);
     impl Drop for Kill {
         fn drop(&mut self) {
