@@ -183,6 +183,18 @@ struct Node {
     bytes_sent: u64,
 }
 
+/// The node's connected peers that are not in its mesh, in random order.
+fn outside_mesh(node: &Node, rng: &mut Rng) -> Vec<usize> {
+    let mut cand: Vec<usize> = node
+        .peers
+        .iter()
+        .copied()
+        .filter(|p| !node.mesh.contains(p))
+        .collect();
+    rng.shuffle(&mut cand);
+    cand
+}
+
 /// Runs the model.
 pub fn run(cfg: &SimConfig) -> SimResult {
     let n = cfg.nodes.max(2);
@@ -367,13 +379,7 @@ pub fn run(cfg: &SimConfig) -> SimResult {
                 let hb = nodes[a].heartbeats;
                 // Mesh maintenance.
                 if nodes[a].mesh.len() < cfg.d_lo {
-                    let mut cand: Vec<usize> = nodes[a]
-                        .peers
-                        .iter()
-                        .copied()
-                        .filter(|p| !nodes[a].mesh.contains(p))
-                        .collect();
-                    rng.shuffle(&mut cand);
+                    let cand = outside_mesh(&nodes[a], &mut rng);
                     for b in cand.into_iter().take(cfg.d - nodes[a].mesh.len()) {
                         nodes[a].mesh.push(b);
                         if !nodes[b].mesh.contains(&a) {
@@ -398,13 +404,7 @@ pub fn run(cfg: &SimConfig) -> SimResult {
                     })
                     .collect();
                 if !recent.is_empty() {
-                    let mut cand: Vec<usize> = nodes[a]
-                        .peers
-                        .iter()
-                        .copied()
-                        .filter(|p| !nodes[a].mesh.contains(p))
-                        .collect();
-                    rng.shuffle(&mut cand);
+                    let cand = outside_mesh(&nodes[a], &mut rng);
                     for b in cand.into_iter().take(cfg.d_lazy) {
                         nodes[a].bytes_sent += CONTROL_BYTES * recent.len() as u64;
                         let t = now + link(&mut rng);
