@@ -182,7 +182,7 @@ impl Tincan {
         let bin = workspace_bin("tincan");
         assert!(
             bin.exists(),
-            "{} is missing: build it first (cargo build -p tincan, or run the whole suite with ./x test)",
+            "{} is missing: build the binaries first (cargo build --workspace --bins), or run the whole suite with ./x test",
             bin.display()
         );
         let mut c = match ns {
