@@ -1,11 +1,15 @@
-//! tincan's voice plane without I/O: the voice datagram's wire format
-//! ([`protocol`]) and a relay's forwarding logic ([`relay`]), as pure code
-//! that a later quinn layer drives and that tests, fuzzers and benchmarks run
-//! without a network.
+//! tincan's voice plane: the voice datagram's wire format ([`protocol`]) and
+//! a relay's forwarding logic ([`relay`]), as pure code that tests, fuzzers
+//! and benchmarks run without a network; and the QUIC endpoint that carries
+//! the datagrams ([`endpoint`]), bound to the node key.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod endpoint;
 pub mod protocol;
 pub mod relay;
 
+pub use endpoint::{
+    ALPN, ConnectError, EndpointConfig, EndpointError, VoiceConnection, VoiceEndpoint,
+};
 pub use protocol::{EncodeError, ParseError, VoiceDatagram, VoiceDatagramRef};
 pub use relay::{ConnId, DropReason, Forward, GroupKey, JoinError, Relay, RelayConfig, RelayStats};
