@@ -122,12 +122,16 @@ impl Node {
     /// Applies a record we signed and, when the mesh runs, gossips it; a
     /// refusal is an error in the rules' words.
     pub fn write(&self, record: SignedRecord) -> Result<Applied> {
-        let applied = match self.store.apply(record.clone()) {
+        // Only a running mesh needs its own copy, to gossip.
+        let to_gossip = self.mesh.as_ref().map(|link| (link, record.clone()));
+        let applied = match self.store.apply(record) {
             Ok(a) => a,
             Err(ApplyError::Rejected(e)) => return Err(anyhow!("refused: {e}")),
             Err(e) => return Err(e.into()),
         };
-        if let (Some(link), Applied::Stored | Applied::StoredHidden(_)) = (&self.mesh, &applied) {
+        if let (Some((link, record)), Applied::Stored | Applied::StoredHidden(_)) =
+            (to_gossip, &applied)
+        {
             // Stored is what matters; if no peer hears it now, catch-up
             // sync hands it over later.
             match link.runtime.block_on(link.mesh.publish(record)) {

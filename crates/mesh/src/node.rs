@@ -627,12 +627,7 @@ impl Driver {
         self.rooms.insert(room);
         // Beyond the LAN, peers of a room find each other as providers of
         // the room's key in the DHT.
-        let key = room_key(&room);
-        let kad = &mut self.swarm.behaviour_mut().kademlia;
-        if let Err(e) = kad.start_providing(key.clone()) {
-            tracing::debug!("cannot announce the room in the DHT: {e}");
-        }
-        kad.get_providers(key);
+        self.announce_room(room);
         let peers: Vec<PeerId> = self
             .peers
             .iter()
@@ -645,18 +640,22 @@ impl Driver {
         Ok(())
     }
 
-    /// Announces every followed room in the DHT and looks up its other
-    /// providers.
+    /// Announces every followed room in the DHT.
     fn announce_rooms(&mut self) {
         let rooms: Vec<RoomId> = self.rooms.iter().copied().collect();
-        let kad = &mut self.swarm.behaviour_mut().kademlia;
         for room in rooms {
-            let key = room_key(&room);
-            if let Err(e) = kad.start_providing(key.clone()) {
-                tracing::debug!("cannot announce the room in the DHT: {e}");
-            }
-            kad.get_providers(key);
+            self.announce_room(room);
         }
+    }
+
+    /// Announces one room in the DHT and looks up its other providers.
+    fn announce_room(&mut self, room: RoomId) {
+        let key = room_key(&room);
+        let kad = &mut self.swarm.behaviour_mut().kademlia;
+        if let Err(e) = kad.start_providing(key.clone()) {
+            tracing::debug!("cannot announce the room in the DHT: {e}");
+        }
+        kad.get_providers(key);
     }
 
     /// Looks up again, in the DHT, the rooms no connected peer follows (a
