@@ -107,7 +107,12 @@ pub struct VoiceEndpoint {
     endpoint: quinn::Endpoint,
     keypair: Keypair,
     transport: Arc<quinn::TransportConfig>,
+    punch: std::net::UdpSocket,
 }
+
+/// The payload of a hole-punching packet: a QUIC short-header packet has
+/// the fixed bit set, these bytes do not, so no QUIC stack takes them for one.
+const PUNCH: &[u8] = b"\x00tincan-punch";
 
 impl std::fmt::Debug for VoiceEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -137,13 +142,41 @@ impl VoiceEndpoint {
         let transport = transport(config);
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server.transport_config(transport.clone());
-        let endpoint = quinn::Endpoint::server(server, addr)
+        let socket = std::net::UdpSocket::bind(addr)
             .map_err(|source| EndpointError::Bind { addr, source })?;
+        // A clone of the socket sends hole-punching packets from the very
+        // port (and so the very NAT mapping) quinn uses.
+        let punch = socket
+            .try_clone()
+            .map_err(|source| EndpointError::Bind { addr, source })?;
+        punch
+            .set_nonblocking(true)
+            .map_err(|source| EndpointError::Bind { addr, source })?;
+        let runtime = quinn::default_runtime().ok_or_else(|| EndpointError::Bind {
+            addr,
+            source: std::io::Error::other("no async runtime: call bind inside tokio"),
+        })?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(|source| EndpointError::Bind { addr, source })?;
         Ok(VoiceEndpoint {
             endpoint,
             keypair,
             transport,
+            punch,
         })
+    }
+
+    /// Sends a few bytes to `addr` from the voice socket, so that our NAT
+    /// opens a mapping towards it and lets its packets in. quinn ignores
+    /// such packets on arrival (they are not QUIC), so both sides can punch
+    /// while one of them dials. Never blocks; errors are the caller's to log.
+    pub fn punch(&self, addr: SocketAddr) -> std::io::Result<()> {
+        self.punch.send_to(PUNCH, addr).map(|_| ())
     }
 
     /// This node's PeerId, as the voice TLS proves it.
@@ -237,10 +270,51 @@ impl VoiceConnection {
         }
     }
 
+    /// Sends bytes that already are an encoded datagram (a relay forwarding
+    /// what it received), without copying; never waits, like [`Self::send`].
+    pub fn send_encoded(&self, bytes: bytes::Bytes) -> bool {
+        self.conn.send_datagram(bytes).is_ok()
+    }
+
+    /// The next datagram as quinn holds it, without copying.
+    pub async fn recv_bytes(&self) -> Result<bytes::Bytes, quinn::ConnectionError> {
+        self.conn.read_datagram().await
+    }
+
     /// The next datagram from the peer (raw bytes: parse them with
     /// [`crate::VoiceDatagramRef::parse`]); an error once the connection is gone.
     pub async fn recv(&self) -> Result<Vec<u8>, quinn::ConnectionError> {
         self.conn.read_datagram().await.map(|b| b.to_vec())
+    }
+
+    /// Opens the control stream (the dialler does, right after connecting).
+    pub async fn open_control(
+        &self,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError> {
+        self.conn.open_bi().await
+    }
+
+    /// Accepts the control stream the dialler opened.
+    pub async fn accept_control(
+        &self,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError> {
+        self.conn.accept_bi().await
+    }
+
+    /// quinn's counters for this connection (packets sent and lost, bytes,
+    /// path MTU), for link statistics.
+    pub fn stats(&self) -> quinn::ConnectionStats {
+        self.conn.stats()
+    }
+
+    /// Resolves when the connection has closed, with the reason.
+    pub async fn closed(&self) -> quinn::ConnectionError {
+        self.conn.closed().await
+    }
+
+    /// Whether the connection has closed.
+    pub fn close_reason(&self) -> Option<quinn::ConnectionError> {
+        self.conn.close_reason()
     }
 
     /// Smoothed round-trip time.

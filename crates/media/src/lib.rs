@@ -4,6 +4,7 @@
 //! the datagrams ([`endpoint`]), bound to the node key.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod control;
 pub mod endpoint;
 pub mod protocol;
 pub mod relay;

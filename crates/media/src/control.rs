@@ -1,0 +1,194 @@
+//! The control stream of a voice connection: the reliable side channel on
+//! which the two ends agree who speaks and where before any datagram flows.
+//!
+//! The dialler opens one bidirectional stream and sends a [`Hello`]; the
+//! acceptor answers [`Welcome`] or [`Refused`]. After that either side may
+//! send [`Update`]s (a relay announces who holds which speaker index). Each
+//! message is a big-endian `u32` length and then that many bytes of postcard;
+//! a message longer than its reader's limit is refused without reading it,
+//! so a peer cannot make us buffer more than we chose.
+//!
+//! Datagrams carry small indexes instead of ids (see [`crate::protocol`]);
+//! this stream is where they get their meaning:
+//! - between two nodes (direct or hole-punched), the connection itself names
+//!   the speaker (TLS proves the node, the [`Hello`]'s binding names its
+//!   user), so the speaker index is always 0 and the channel index is 0 for
+//!   the one channel named in the [`Hello`];
+//! - through a relay, the relay hands each connection its own speaker index
+//!   in the [`Welcome`] and tells every member which user holds which index.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use tincan_core::{ChannelId, NodeBinding, RoomId, UserId};
+
+/// Largest control message a node reads from a peer. A [`Hello`] to a relay
+/// carries the room's records that prove membership (each at most 16 KiB,
+/// a few of them), so this leaves room for a generous proof and no more.
+pub const MAX_CONTROL_MESSAGE: usize = 256 * 1024;
+
+/// Most records a membership proof may carry.
+pub const MAX_PROOF_RECORDS: usize = 16;
+
+/// What the dialler says first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The room whose voice this connection carries.
+    pub room: RoomId,
+    /// The voice channel in that room.
+    pub channel: ChannelId,
+    /// "This node speaks for that user", signed by the user; the acceptor
+    /// checks that it names the node TLS proved.
+    pub binding: NodeBinding,
+    /// For a relay, which has no copy of the room: the signed records
+    /// (postcard bytes of `SignedRecord`) that prove the user's membership:
+    /// the room itself, the user's membership records and the owner's
+    /// acceptance. Empty between two nodes, which check their own store.
+    pub proof: Vec<Vec<u8>>,
+}
+
+/// The acceptor's yes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The dialler's address as the acceptor sees it: behind a NAT this is
+    /// the public (reflexive) address of the dialler's voice socket, which
+    /// is what a peer must punch towards.
+    pub observed: SocketAddr,
+    /// The speaker index the dialler must write in its datagrams.
+    pub speaker: u16,
+    /// Who already holds which speaker index (relay only; empty otherwise).
+    pub speakers: Vec<SpeakerEntry>,
+}
+
+/// The acceptor's no, in words for the user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    /// Why.
+    pub reason: String,
+}
+
+/// One speaker index's owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpeakerEntry {
+    /// The index in datagrams.
+    pub speaker: u16,
+    /// The user who speaks with it.
+    pub user: UserId,
+}
+
+/// Later news on an established connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Update {
+    /// A speaker index now belongs to this user.
+    SpeakerJoined(SpeakerEntry),
+    /// The user with this index left.
+    SpeakerLeft(u16),
+}
+
+/// The acceptor's answer to a [`Hello`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer {
+    /// Accepted.
+    Welcome(Welcome),
+    /// Refused; the acceptor closes the connection after sending it.
+    Refused(Refused),
+}
+
+/// A control message could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// The stream failed or ended early.
+    #[error("the voice control stream broke: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer announced a message larger than we accept.
+    #[error("the peer sent a control message of {len} bytes, over the limit of {limit}")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// Our limit.
+        limit: usize,
+    },
+    /// The bytes are not a message of the expected kind.
+    #[error("the peer sent a malformed control message: {0}")]
+    Malformed(#[from] postcard::Error),
+}
+
+/// Writes one length-prefixed message.
+pub async fn write_message<T: Serialize, W: tokio::io::AsyncWrite + Unpin>(
+    send: &mut W,
+    message: &T,
+) -> Result<(), ControlError> {
+    use tokio::io::AsyncWriteExt;
+    let bytes = postcard::to_allocvec(message)?;
+    let len = u32::try_from(bytes.len()).map_err(|_| ControlError::TooLarge {
+        len: bytes.len(),
+        limit: u32::MAX as usize,
+    })?;
+    send.write_all(&len.to_be_bytes()).await?;
+    send.write_all(&bytes).await?;
+    send.flush().await?;
+    Ok(())
+}
+
+/// Reads one length-prefixed message of at most `limit` bytes.
+pub async fn read_message<T: serde::de::DeserializeOwned, R: tokio::io::AsyncRead + Unpin>(
+    recv: &mut R,
+    limit: usize,
+) -> Result<T, ControlError> {
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > limit {
+        return Err(ControlError::TooLarge { len, limit });
+    }
+    let mut bytes = vec![0u8; len];
+    recv.read_exact(&mut bytes).await?;
+    Ok(postcard::from_bytes(&bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tincan_core::{Hlc, NodeKey, UserKey};
+
+    fn hello() -> Hello {
+        let user = UserKey::from_seed(&[1; 32]);
+        let node = NodeKey::from_seed(&[2; 32]);
+        Hello {
+            room: RoomId([3; 16]),
+            channel: ChannelId([4; 16]),
+            binding: NodeBinding::new(&user, node.id(), Hlc::new(5, 0)),
+            proof: vec![vec![6; 100]],
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_round_trip() {
+        let mut buf = Vec::new();
+        write_message(&mut buf, &hello()).await.unwrap();
+        let back: Hello = read_message(&mut buf.as_slice(), MAX_CONTROL_MESSAGE)
+            .await
+            .unwrap();
+        assert_eq!(back, hello());
+        assert!(back.binding.verify().is_ok());
+    }
+
+    #[tokio::test]
+    async fn oversized_and_malformed_messages_are_refused() {
+        let mut buf = Vec::new();
+        write_message(&mut buf, &hello()).await.unwrap();
+        let err = read_message::<Hello, _>(&mut buf.as_slice(), 10).await;
+        assert!(matches!(err, Err(ControlError::TooLarge { limit: 10, .. })));
+
+        let mut junk = 3u32.to_be_bytes().to_vec();
+        junk.extend_from_slice(&[0xff, 0xff, 0xff]);
+        let err = read_message::<Answer, _>(&mut junk.as_slice(), 100).await;
+        assert!(matches!(err, Err(ControlError::Malformed(_))));
+
+        let truncated = 50u32.to_be_bytes();
+        let err = read_message::<Answer, _>(&mut truncated.as_slice(), 100).await;
+        assert!(matches!(err, Err(ControlError::Io(_))));
+    }
+}
