@@ -1,8 +1,11 @@
 //! The control stream of a voice connection: the reliable side channel on
 //! which the two ends agree who speaks and where before any datagram flows.
 //!
-//! The dialler opens one bidirectional stream and sends a [`Hello`]; the
-//! acceptor answers [`Welcome`] or [`Refused`]. After that either side may
+//! The dialler opens one bidirectional stream and sends a [`Request`]: to
+//! join a voice channel ([`Hello`]), answered by [`Welcome`] or [`Refused`],
+//! or only to learn the address it is seen from ([`Request::Observe`]: a
+//! node asks a relay or bootstrap node for its voice socket's public address
+//! before punching). After a welcome either side may
 //! send [`Update`]s (a relay announces who holds which speaker index). Each
 //! message is a big-endian `u32` length and then that many bytes of postcard;
 //! a message longer than its reader's limit is refused without reading it,
@@ -85,13 +88,25 @@ pub enum Update {
     SpeakerLeft(u16),
 }
 
-/// The acceptor's answer to a [`Hello`].
+/// The dialler's first message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Join a voice channel.
+    Join(Hello),
+    /// Only tell me the address you see me at; the acceptor answers
+    /// [`Answer::Observed`] and the dialler closes the connection.
+    Observe,
+}
+
+/// The acceptor's answer to a [`Request`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Answer {
     /// Accepted.
     Welcome(Welcome),
     /// Refused; the acceptor closes the connection after sending it.
     Refused(Refused),
+    /// The dialler's address as the acceptor sees it.
+    Observed(SocketAddr),
 }
 
 /// A control message could not be read or written.
@@ -167,10 +182,15 @@ mod tests {
     #[tokio::test]
     async fn messages_round_trip() {
         let mut buf = Vec::new();
-        write_message(&mut buf, &hello()).await.unwrap();
-        let back: Hello = read_message(&mut buf.as_slice(), MAX_CONTROL_MESSAGE)
+        write_message(&mut buf, &Request::Join(hello()))
             .await
             .unwrap();
+        let back: Request = read_message(&mut buf.as_slice(), MAX_CONTROL_MESSAGE)
+            .await
+            .unwrap();
+        let Request::Join(back) = back else {
+            panic!("not a join: {back:?}")
+        };
         assert_eq!(back, hello());
         assert!(back.binding.verify().is_ok());
     }
