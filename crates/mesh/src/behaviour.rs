@@ -66,6 +66,13 @@ pub fn room_topic(room: &RoomId) -> IdentTopic {
     IdentTopic::new(format!("tincan/room/{}", room.to_hex()))
 }
 
+/// The gossip topic of a room's voice signals: who is in which voice
+/// channel and at which voice addresses. Separate from the room's records,
+/// which are stored; signals are not.
+pub fn voice_topic(room: &RoomId) -> IdentTopic {
+    IdentTopic::new(format!("tincan/voice/{}", room.to_hex()))
+}
+
 /// The gossip topic of profiles.
 pub fn profiles_topic() -> IdentTopic {
     IdentTopic::new("tincan/profiles")

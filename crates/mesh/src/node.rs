@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::behaviour::{
     Behaviour, BehaviourEvent, KAD_PROTOCOL, build_swarm, profiles_topic, room_topic,
-    topic_score_params,
+    topic_score_params, voice_topic,
 };
 use crate::config::{Limits, MeshConfig};
 use crate::error::{DialError, PublishError, StartError, Stopped, SubscribeError};
@@ -126,7 +126,33 @@ enum Command {
         blocked: bool,
         reply: oneshot::Sender<()>,
     },
+    PublishSignal {
+        room: RoomId,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<bool, String>>,
+    },
     Shutdown,
+}
+
+/// Largest voice signal the mesh carries. A signal names a user, a channel
+/// and a handful of socket addresses: a few hundred bytes.
+pub const MAX_SIGNAL_BYTES: usize = 2048;
+
+/// Signals kept for a slow reader; past it the oldest are lost (the reader
+/// sees `Lagged`) and the next periodic signal brings it up to date.
+const SIGNAL_QUEUE: usize = 256;
+
+/// A voice signal from a peer of a followed room, as gossip delivered it.
+/// The mesh checks only its size, its rate and that gossipsub's signature
+/// names `from`; what it says is for the voice plane to check.
+#[derive(Clone, Debug)]
+pub struct Signal {
+    /// The room whose voice topic carried it.
+    pub room: RoomId,
+    /// The node that published it (proven by gossipsub's signature).
+    pub from: PeerId,
+    /// The bytes.
+    pub data: Vec<u8>,
 }
 
 /// Work for the store writer.
@@ -171,6 +197,7 @@ pub struct Mesh {
     peer_id: PeerId,
     store: Arc<Store>,
     commands: mpsc::Sender<Command>,
+    signals: tokio::sync::broadcast::Sender<Signal>,
     task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
@@ -238,6 +265,7 @@ impl Mesh {
         let (internal_tx, internal_rx) = mpsc::channel(1024);
         let mut topics = HashMap::new();
         topics.insert(profiles.hash(), Scope::Profiles);
+        let (signals, _) = tokio::sync::broadcast::channel(SIGNAL_QUEUE);
         let driver = Driver {
             swarm,
             store: store.clone(),
@@ -261,6 +289,8 @@ impl Mesh {
             addr_waiters: Vec::new(),
             round: 0,
             last_announce: None,
+            voice_topics: HashMap::new(),
+            signals: signals.clone(),
         };
         tokio::spawn(writer(
             store.clone(),
@@ -273,6 +303,7 @@ impl Mesh {
             peer_id,
             store,
             commands,
+            signals,
             task: Arc::new(std::sync::Mutex::new(Some(task))),
         })
     }
@@ -333,6 +364,26 @@ impl Mesh {
         })
         .await?
         .map_err(PublishError::Gossip)
+    }
+
+    /// Gossips a voice signal to the followed room's peers (see [`Signal`]).
+    /// Returns whether any peer got it now; signals are not stored, so one
+    /// that reached nobody is gone (senders repeat theirs periodically).
+    pub async fn publish_signal(&self, room: RoomId, bytes: Vec<u8>) -> Result<bool, PublishError> {
+        if bytes.len() > MAX_SIGNAL_BYTES {
+            return Err(PublishError::Gossip(format!(
+                "a voice signal of {} bytes is over the limit of {MAX_SIGNAL_BYTES}",
+                bytes.len()
+            )));
+        }
+        self.ask(|reply| Command::PublishSignal { room, bytes, reply })
+            .await?
+            .map_err(PublishError::Gossip)
+    }
+
+    /// Voice signals from peers of the followed rooms, from now on.
+    pub fn signals(&self) -> tokio::sync::broadcast::Receiver<Signal> {
+        self.signals.subscribe()
     }
 
     /// Follows a room: subscribes to its topic and syncs it with every
@@ -465,6 +516,9 @@ struct Driver {
     /// When the followed rooms were last announced in the DHT because its
     /// routing table gained a peer (debounced: see [`ANNOUNCE_DEBOUNCE`]).
     last_announce: Option<Instant>,
+    /// The voice topics of followed rooms.
+    voice_topics: HashMap<TopicHash, RoomId>,
+    signals: tokio::sync::broadcast::Sender<Signal>,
 }
 
 /// Least time between re-announcements of the followed rooms triggered by
@@ -531,9 +585,30 @@ impl Driver {
             Command::Subscribe { room, reply } => {
                 let _ = reply.send(self.subscribe(room));
             }
+            Command::PublishSignal { room, bytes, reply } => {
+                let result = if self.rooms.contains(&room) {
+                    match self
+                        .swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .publish(voice_topic(&room), bytes)
+                    {
+                        Ok(_) => Ok(true),
+                        Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(false),
+                        Err(gossipsub::PublishError::Duplicate) => Ok(true),
+                        Err(e) => Err(e.to_string()),
+                    }
+                } else {
+                    Err(format!("room {room} is not followed: join it first"))
+                };
+                let _ = reply.send(result);
+            }
             Command::Unsubscribe { room, reply } => {
                 let topic = room_topic(&room);
                 self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
+                let voice = voice_topic(&room);
+                self.swarm.behaviour_mut().gossipsub.unsubscribe(&voice);
+                self.voice_topics.remove(&voice.hash());
                 self.topics.remove(&topic.hash());
                 self.rooms.remove(&room);
                 self.swarm
@@ -623,6 +698,11 @@ impl Driver {
         g.subscribe(&topic)
             .map_err(|e| SubscribeError::Gossip(e.to_string()))?;
         let _ = g.set_topic_params(topic.clone(), topic_score_params());
+        let voice = voice_topic(&room);
+        g.subscribe(&voice)
+            .map_err(|e| SubscribeError::Gossip(e.to_string()))?;
+        let _ = g.set_topic_params(voice.clone(), topic_score_params());
+        self.voice_topics.insert(voice.hash(), room);
         self.topics.insert(topic.hash(), Scope::Room(room));
         self.rooms.insert(room);
         // Beyond the LAN, peers of a room find each other as providers of
@@ -885,6 +965,10 @@ impl Driver {
     }
 
     fn on_gossip(&mut self, source: PeerId, msg_id: MessageId, message: gossipsub::Message) {
+        if let Some(room) = self.voice_topics.get(&message.topic).copied() {
+            self.on_signal(room, source, msg_id, message);
+            return;
+        }
         let Some(scope) = self.topics.get(&message.topic).copied() else {
             self.report(&msg_id, &source, MessageAcceptance::Ignore);
             return;
@@ -926,6 +1010,36 @@ impl Driver {
                 self.report(&msg_id, &source, MessageAcceptance::Ignore);
             }
         }
+    }
+
+    /// A voice signal: forwarded to the voice plane, and on to other peers,
+    /// when it is small, signed, and its sender is within its rate.
+    fn on_signal(
+        &mut self,
+        room: RoomId,
+        source: PeerId,
+        msg_id: MessageId,
+        message: gossipsub::Message,
+    ) {
+        let Some(from) = message.source else {
+            self.report(&msg_id, &source, MessageAcceptance::Reject);
+            return;
+        };
+        if message.data.len() > MAX_SIGNAL_BYTES {
+            self.report(&msg_id, &source, MessageAcceptance::Reject);
+            return;
+        }
+        if !self.peer_limit.allow(&source, Instant::now()) {
+            self.stats.rate_limited += 1;
+            self.report(&msg_id, &source, MessageAcceptance::Ignore);
+            return;
+        }
+        let _ = self.signals.send(Signal {
+            room,
+            from,
+            data: message.data,
+        });
+        self.report(&msg_id, &source, MessageAcceptance::Accept);
     }
 
     fn on_internal(&mut self, msg: Internal) {

@@ -1252,3 +1252,48 @@ async fn nodes_sync_over_quic() {
     a.mesh.shutdown().await;
     b.mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voice_signals_reach_the_rooms_peers_and_name_their_publisher() {
+    init_tracing();
+    let a = node(1200).await;
+    let b = node(1201).await;
+    let room = RoomId([42; 16]);
+    let other = RoomId([43; 16]);
+    a.mesh.subscribe_room(room).await.unwrap();
+    b.mesh.subscribe_room(room).await.unwrap();
+    b.mesh.dial(a.addr.clone()).await.unwrap();
+    wait_connected(&[&a, &b], 1).await;
+    assert!(
+        a.mesh.publish_signal(other, b"x".to_vec()).await.is_err(),
+        "a signal for a room not followed must be refused"
+    );
+    assert!(
+        a.mesh
+            .publish_signal(room, vec![0; tincan_mesh::MAX_SIGNAL_BYTES + 1])
+            .await
+            .is_err()
+    );
+    let mut signals = b.mesh.signals();
+    // The gossip mesh forms after the subscription is seen: repeat, as the
+    // voice plane does, until one arrives (bounded).
+    let mut got = None;
+    for i in 0..100u32 {
+        let _ = a
+            .mesh
+            .publish_signal(room, format!("hello {i}").into_bytes())
+            .await;
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), signals.recv()).await {
+            got = Some(s);
+            break;
+        }
+    }
+    let s = got.expect("no voice signal arrived in 20 s");
+    assert_eq!(s.room, room);
+    assert_eq!(s.from, a.mesh.peer_id());
+    assert!(String::from_utf8(s.data).unwrap().starts_with("hello "));
+    // Signals are not records: nothing was stored.
+    assert!(b.store.records().unwrap().is_empty());
+    a.mesh.shutdown().await;
+    b.mesh.shutdown().await;
+}
