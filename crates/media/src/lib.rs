@@ -6,6 +6,8 @@
 
 pub mod control;
 pub mod endpoint;
+pub mod paths;
+pub mod presence;
 pub mod protocol;
 pub mod relay;
 
