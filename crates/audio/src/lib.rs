@@ -23,11 +23,13 @@
 //! time.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod analysis;
 pub mod capture;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod codec;
 pub mod device;
+pub mod engine;
 pub mod error;
 pub mod jitter;
 pub mod mixer;
