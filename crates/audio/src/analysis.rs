@@ -37,7 +37,7 @@ pub fn best_alignment(
         Some(normalised_correlation(a, b))
     };
     let mut best: Option<Alignment> = None;
-    let mut consider = |lag: usize, best: &mut Option<Alignment>| {
+    let consider = |lag: usize, best: &mut Option<Alignment>| {
         if let Some(c) = score(lag)
             && best.is_none_or(|b| c > b.correlation)
         {
