@@ -22,6 +22,7 @@ mod apply;
 pub mod datadir;
 mod error;
 mod keys;
+mod proof;
 mod query;
 mod sync;
 
@@ -37,6 +38,7 @@ use tokio::sync::broadcast;
 pub use apply::Applied;
 pub use error::{ApplyError, OpenError, StorageError};
 pub use keys::Waiting;
+pub use proof::ProofError;
 pub use query::{ChannelView, LogCursor, LogEntry, LogPage, MemberView, ProfileView, RoomView};
 pub use sync::{RANK_CHANNEL, RANK_LOG, RANK_MEMBER, RANK_PROFILE, RANK_ROOM};
 
