@@ -10,6 +10,7 @@ pub mod paths;
 pub mod presence;
 pub mod protocol;
 pub mod relay;
+pub mod relay_client;
 
 pub use endpoint::{
     ALPN, ConnectError, EndpointConfig, EndpointError, VoiceConnection, VoiceEndpoint,
