@@ -7,8 +7,18 @@
 //! signalling, and DCUtR can punch through), identify and AutoNAT. Its node
 //! key persists in a file, so its address stays valid across restarts.
 //!
+//! It also runs the community voice relay ([`voice_relay`]), on by default:
+//! a bootstrap node is the one server a community already runs with a
+//! public address, and players behind NATs that cannot be punched (symmetric
+//! NAT, carrier-grade NAT) have no other way to talk. Each relayed player
+//! costs the operator about one upload and one download per listener
+//! (roughly 50 kbit/s each way at 10 ms frames), capped per connection;
+//! set `[voice_relay] enabled = false` to turn it off.
+//!
 //! A library with a thin `main.rs`, so tests start it in-process with
 //! [`Bootstrap::start`].
+
+pub mod voice_relay;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,6 +55,9 @@ pub struct Config {
     /// Limits of the relay (each key optional; libp2p's defaults otherwise).
     #[serde(default)]
     pub relay_limits: RelayLimitsConfig,
+    /// The voice relay (on by default, on UDP 0.0.0.0:4434).
+    #[serde(default)]
+    pub voice_relay: voice_relay::VoiceRelayConfig,
 }
 
 /// `[relay_limits]` in the configuration.
@@ -113,6 +126,7 @@ impl Config {
         let config: Config = toml::from_str(&text)
             .with_context(|| format!("{} is not a valid configuration", path.display()))?;
         config.mesh_addrs()?;
+        config.voice_relay.settings()?;
         Ok(config)
     }
 
@@ -161,6 +175,7 @@ pub fn load_or_create_key(path: &Path) -> Result<NodeKey> {
 /// A running bootstrap node.
 pub struct Bootstrap {
     mesh: Mesh,
+    voice: Option<voice_relay::VoiceRelay>,
 }
 
 impl Bootstrap {
@@ -168,6 +183,7 @@ impl Bootstrap {
     pub async fn start(config: &Config) -> Result<Bootstrap> {
         let key = load_or_create_key(&config.key_file)?;
         let (listen, external, peers) = config.mesh_addrs()?;
+        let voice_settings = config.voice_relay.settings()?;
         if listen.is_empty() {
             bail!("no listen address: set `listen` in the configuration");
         }
@@ -184,10 +200,15 @@ impl Bootstrap {
         mesh_config.agent = format!("tincan-bootstrap/{}", env!("CARGO_PKG_VERSION"));
         // It keeps no rooms: profiles it relays live in memory only.
         let store = Arc::new(Store::in_memory(StoreConfig::default())?);
+        // The voice relay first: a port already in use fails before the
+        // mesh has started anything.
+        let voice = voice_settings
+            .map(|settings| voice_relay::VoiceRelay::start(*key.seed(), settings))
+            .transpose()?;
         let mesh = Mesh::start(mesh_config, store)
             .await
             .context("cannot start the mesh")?;
-        Ok(Bootstrap { mesh })
+        Ok(Bootstrap { mesh, voice })
     }
 
     /// Its PeerId.
@@ -213,8 +234,16 @@ impl Bootstrap {
         &self.mesh
     }
 
+    /// The voice relay, unless the configuration turned it off.
+    pub fn voice_relay(&self) -> Option<&voice_relay::VoiceRelay> {
+        self.voice.as_ref()
+    }
+
     /// Stops it.
     pub async fn shutdown(self) {
+        if let Some(voice) = &self.voice {
+            voice.shutdown();
+        }
         self.mesh.shutdown().await;
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Parser;
 
-/// A community bootstrap node for tincan: Kademlia server and libp2p relay.
+/// A community bootstrap node for tincan: Kademlia server, libp2p relay and voice relay.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -65,6 +65,14 @@ fn run(args: Args) -> Result<()> {
             "tincan-bootstrap {} running; players use --bootstrap with an address above",
             node.peer_id()
         );
+        if let Some(voice) = node.voice_relay() {
+            // On stderr: stdout lists only multiaddrs, which scripts read.
+            eprintln!(
+                "voice relay on udp {} (PeerId {})",
+                voice.local_addr(),
+                voice.peer_id()
+            );
+        }
         shutdown_signal().await;
         eprintln!("stopping");
         node.shutdown().await;

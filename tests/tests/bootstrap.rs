@@ -23,7 +23,7 @@ fn nodes_that_know_only_the_bootstrap_node_find_each_other() {
     std::fs::write(
         &config,
         format!(
-            "key_file = {:?}\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n",
+            "key_file = {:?}\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n[voice_relay]\nlisten = \"127.0.0.1:0\"\n",
             dir.path().join("node.key").to_str().unwrap()
         ),
     )

@@ -1,0 +1,536 @@
+//! The voice relay with real quinn endpoints on loopback UDP, real signed
+//! records and real membership proofs built by a node's store: members hear
+//! each other through it with the speaker table it announces; everyone else
+//! is refused with a reason; misbehaving members are dropped and counted.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tincan_bootstrap::voice_relay::{VoiceRelay, VoiceRelaySettings, VoiceRelayStats};
+use tincan_core::permissions::default_permissions;
+use tincan_core::{
+    ChannelId, Hlc, JoinPolicy, NodeBinding, NodeKey, RoomId, RoomSettings, UserId, UserKey, make,
+};
+use tincan_media::control::{
+    Answer, Hello, MAX_CONTROL_MESSAGE, MAX_PROOF_RECORDS, Request, read_message, write_message,
+};
+use tincan_media::relay_client::{RelayAddr, RelayClientError, RelaySession, observe_address};
+use tincan_media::{EndpointConfig, VoiceDatagram, VoiceDatagramRef, VoiceEndpoint};
+use tincan_store::{Store, StoreConfig};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn settings() -> VoiceRelaySettings {
+    let mut s = VoiceRelaySettings::new("127.0.0.1:0".parse().unwrap());
+    s.stats_interval = Duration::ZERO;
+    s.handshake_timeout = Duration::from_secs(2);
+    s
+}
+
+fn start(settings: VoiceRelaySettings) -> (VoiceRelay, RelayAddr) {
+    let relay = VoiceRelay::start([42; 32], settings).expect("relay starts");
+    let addr = RelayAddr {
+        addr: relay.local_addr(),
+        peer: relay.peer_id(),
+    };
+    (relay, addr)
+}
+
+/// A room as its members' nodes hold it: owner, open, one channel.
+struct World {
+    store: Store,
+    owner: UserKey,
+    room: RoomId,
+    channel: ChannelId,
+    other_room: RoomId,
+    other_channel: ChannelId,
+}
+
+fn world() -> World {
+    let owner = UserKey::from_seed(&[1; 32]);
+    let store = Store::in_memory(StoreConfig::default()).unwrap();
+    let (room, rec) = make::room(
+        &owner,
+        Hlc::new(10, 0),
+        [1; 16],
+        "LAN party",
+        RoomSettings::default(),
+    )
+    .unwrap();
+    store.apply(rec).unwrap();
+    let channel = ChannelId([7; 16]);
+    store
+        .apply(
+            make::channel(
+                &owner,
+                Hlc::new(11, 0),
+                room,
+                channel,
+                "General",
+                "",
+                default_permissions(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    // A second, invite-only room with a channel of its own.
+    let settings = RoomSettings {
+        join_policy: JoinPolicy::Invite,
+        member_limit: None,
+    };
+    let (other_room, rec) =
+        make::room(&owner, Hlc::new(12, 0), [2; 16], "Secret", settings).unwrap();
+    store.apply(rec).unwrap();
+    let other_channel = ChannelId([8; 16]);
+    store
+        .apply(
+            make::channel(
+                &owner,
+                Hlc::new(13, 0),
+                other_room,
+                other_channel,
+                "War room",
+                "",
+                default_permissions(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    World {
+        store,
+        owner,
+        room,
+        channel,
+        other_room,
+        other_channel,
+    }
+}
+
+/// A player: user key, node key, voice endpoint.
+struct Player {
+    user: UserKey,
+    node: NodeKey,
+    endpoint: VoiceEndpoint,
+}
+
+fn player(seed: u8) -> Player {
+    let node = NodeKey::from_seed(&[seed.wrapping_add(100); 32]);
+    let endpoint = VoiceEndpoint::bind(
+        *node.seed(),
+        "127.0.0.1:0".parse().unwrap(),
+        &EndpointConfig::default(),
+    )
+    .unwrap();
+    Player {
+        user: UserKey::from_seed(&[seed; 32]),
+        node,
+        endpoint,
+    }
+}
+
+impl Player {
+    fn binding(&self) -> NodeBinding {
+        NodeBinding::new(&self.user, self.node.id(), Hlc::new(5, 0))
+    }
+
+    fn joins(&self, w: &World) {
+        w.store
+            .apply(make::join(&self.user, Hlc::new(20, 0), w.room).unwrap())
+            .unwrap();
+    }
+
+    fn hello(&self, w: &World) -> Hello {
+        Hello {
+            room: w.room,
+            channel: w.channel,
+            binding: self.binding(),
+            proof: w
+                .store
+                .membership_proof(&w.room, &self.user.id(), &w.channel, MAX_PROOF_RECORDS)
+                .expect("a member can build a proof"),
+        }
+    }
+
+    async fn join(&self, w: &World, relay: &RelayAddr) -> RelaySession {
+        RelaySession::join(&self.endpoint, relay, self.hello(w))
+            .await
+            .expect("a member is welcome")
+    }
+
+    async fn refused(&self, relay: &RelayAddr, hello: Hello) -> String {
+        match RelaySession::join(&self.endpoint, relay, hello).await {
+            Err(RelayClientError::Refused(reason)) => reason,
+            Err(e) => panic!("expected a refusal, got the error {e}"),
+            Ok(s) => panic!("expected a refusal, got speaker {}", s.speaker()),
+        }
+    }
+}
+
+fn frame(speaker: u16, sequence: u32) -> VoiceDatagram {
+    VoiceDatagram {
+        channel: 0,
+        speaker,
+        sequence,
+        timestamp: sequence * 480,
+        end_of_spurt: false,
+        payload: vec![sequence as u8; 60],
+        redundant: None,
+    }
+}
+
+/// Waits until `table` of `session` satisfies `ok`.
+async fn table_becomes(
+    session: &RelaySession,
+    ok: impl Fn(&tincan_media::relay_client::SpeakerTable) -> bool,
+) {
+    let mut watch = session.watch_speakers();
+    tokio::time::timeout(WAIT, async {
+        while !ok(&watch.borrow_and_update()) {
+            watch.changed().await.expect("session alive");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("speaker table stayed {:?}", session.speakers()));
+}
+
+/// Waits until the relay's counters satisfy `ok`.
+async fn stats_become(
+    relay: &VoiceRelay,
+    ok: impl Fn(&VoiceRelayStats) -> bool,
+) -> VoiceRelayStats {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = relay.stats();
+        if ok(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "relay counters stayed {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Receives `n` frames, each parsed: (speaker, sequence, payload).
+async fn receive(session: &RelaySession, n: usize) -> Vec<(u16, u32, Vec<u8>)> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let bytes = tokio::time::timeout(WAIT, session.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} frames arrived", got.len()))
+            .expect("session alive");
+        let d = VoiceDatagramRef::parse(&bytes).expect("the relay forwards valid frames");
+        got.push((d.speaker, d.sequence, d.payload.to_vec()));
+    }
+    got
+}
+
+async fn nothing_arrives(session: &RelaySession) {
+    if let Ok(Ok(bytes)) = tokio::time::timeout(Duration::from_millis(300), session.recv()).await {
+        panic!(
+            "unexpected frame {:?}",
+            VoiceDatagramRef::parse(&bytes).map(|d| (d.speaker, d.sequence))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_hear_the_speaker_through_the_relay_with_its_assigned_index() {
+    let (relay, addr) = start(settings());
+    let w = world();
+    // The owner (proof: room and channel) and two members (plus their join).
+    let alice = Player {
+        user: UserKey::from_seed(&[1; 32]),
+        ..player(1)
+    };
+    assert_eq!(alice.user.id(), w.owner.id());
+    let bob = player(2);
+    let carol = player(3);
+    bob.joins(&w);
+    carol.joins(&w);
+
+    let a = alice.join(&w, &addr).await;
+    let b = bob.join(&w, &addr).await;
+    let c = carol.join(&w, &addr).await;
+    let indexes: BTreeSet<u16> = [a.speaker(), b.speaker(), c.speaker()].into();
+    assert_eq!(indexes.len(), 3, "distinct speaker indexes");
+    assert_eq!(a.observed(), alice.endpoint.local_addr().unwrap());
+    // Carol learnt the others from her welcome; alice and bob from updates.
+    for (s, me) in [(&a, &alice), (&b, &bob), (&c, &carol)] {
+        let want: BTreeSet<UserId> = [alice.user.id(), bob.user.id(), carol.user.id()]
+            .into_iter()
+            .filter(|u| *u != me.user.id())
+            .collect();
+        table_becomes(s, |t| t.values().copied().collect::<BTreeSet<_>>() == want).await;
+    }
+    assert_eq!(b.user_of(a.speaker()), Some(alice.user.id()));
+    assert_eq!(c.user_of(a.speaker()), Some(alice.user.id()));
+
+    // Datagrams are unreliable by design, but 20 small ones 2 ms apart on
+    // loopback are not lost: a loss here would be a finding.
+    for seq in 0..20 {
+        assert!(a.send(&frame(a.speaker(), seq)));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for listener in [&b, &c] {
+        let mut got = receive(listener, 20).await;
+        got.sort_by_key(|g| g.1);
+        let want: Vec<_> = (0..20)
+            .map(|seq| (a.speaker(), seq, vec![seq as u8; 60]))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(listener.user_of(got[0].0), Some(alice.user.id()));
+    }
+    nothing_arrives(&a).await;
+    let s = relay.stats();
+    assert_eq!(s.relay.received, 20);
+    assert_eq!(s.relay.forwarded, 40);
+    assert_eq!((s.members, s.groups, s.joins_accepted), (3, 1, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outsiders_forgers_and_garbage_are_refused_with_a_reason() {
+    let (relay, addr) = start(settings());
+    let w = world();
+    let bob = player(2);
+    bob.joins(&w);
+    let mallory = player(9);
+
+    // Not a member: the room and channel records prove nothing about her.
+    let mut hello = bob.hello(&w);
+    hello.binding = mallory.binding();
+    hello.proof.retain(|b| {
+        let r = tincan_core::SignedRecord::from_bytes(b).unwrap();
+        !matches!(r.record().body, tincan_core::Body::Member(_))
+    });
+    let reason = mallory.refused(&addr, hello).await;
+    assert!(
+        reason.contains("is not a member of room \"LAN party\""),
+        "{reason}"
+    );
+
+    // Bob's binding (bob's node) presented from mallory's node.
+    let mut hello = bob.hello(&w);
+    hello.binding = bob.binding();
+    let reason = mallory.refused(&addr, hello).await;
+    assert!(reason.contains("binding is for node"), "{reason}");
+    assert!(
+        reason.contains(&mallory.endpoint.peer_id().to_string()),
+        "{reason}"
+    );
+
+    // A binding whose signature does not verify.
+    let mut hello = bob.hello(&w);
+    hello.binding.signature[0] ^= 1;
+    let reason = bob.refused(&addr, hello).await;
+    assert!(reason.contains("not validly signed"), "{reason}");
+
+    // A proof for the open room, presented for the invite-only one.
+    let mut hello = bob.hello(&w);
+    hello.room = w.other_room;
+    hello.channel = w.other_channel;
+    let reason = bob.refused(&addr, hello).await;
+    assert!(reason.contains("about another room"), "{reason}");
+
+    // A proof for the room, but a channel it does not show.
+    let mut hello = bob.hello(&w);
+    hello.channel = w.other_channel;
+    let reason = bob.refused(&addr, hello).await;
+    assert!(reason.contains("has no voice channel"), "{reason}");
+
+    // A damaged record, and too many records.
+    let mut hello = bob.hello(&w);
+    let last = hello.proof[0].len() - 1;
+    hello.proof[0][last] ^= 1;
+    let reason = bob.refused(&addr, hello).await;
+    assert!(
+        reason.contains("record 1 of your membership proof is invalid"),
+        "{reason}"
+    );
+    let mut hello = bob.hello(&w);
+    hello.proof = vec![hello.proof[0].clone(); MAX_PROOF_RECORDS + 1];
+    let reason = bob.refused(&addr, hello).await;
+    assert!(reason.contains("at most 16"), "{reason}");
+
+    // Garbage on the control stream: a malformed message, an oversized one.
+    for garbage in [
+        [&3u32.to_be_bytes()[..], &[0xff, 0xff, 0xff]].concat(),
+        ((MAX_CONTROL_MESSAGE + 1) as u32).to_be_bytes().to_vec(),
+    ] {
+        let conn = mallory
+            .endpoint
+            .connect(addr.addr, addr.peer)
+            .await
+            .unwrap();
+        let (mut send, mut recv) = conn.open_control().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut send, &garbage)
+            .await
+            .unwrap();
+        let answer: Answer =
+            tokio::time::timeout(WAIT, read_message(&mut recv, MAX_CONTROL_MESSAGE))
+                .await
+                .expect("an answer in time")
+                .expect("a readable answer");
+        let Answer::Refused(refused) = answer else {
+            panic!("garbage got {answer:?}")
+        };
+        assert!(
+            refused.reason.contains("could not read your request"),
+            "{}",
+            refused.reason
+        );
+        tokio::time::timeout(WAIT, conn.closed())
+            .await
+            .expect("closed");
+    }
+
+    // A dialler that says nothing is closed after the handshake timeout.
+    let silent = mallory
+        .endpoint
+        .connect(addr.addr, addr.peer)
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, silent.closed())
+        .await
+        .expect("a silent dialler is closed");
+
+    // After all that, the relay still serves members.
+    let b = bob.join(&w, &addr).await;
+    assert_eq!(b.speaker(), 0);
+    let s = relay.stats();
+    assert_eq!(s.joins_refused, 9);
+    assert_eq!(s.handshakes_failed, 3);
+    assert_eq!((s.joins_accepted, s.members), (1, 1));
+    // Nothing refused holds a connection.
+    let s = stats_become(&relay, |s| s.connections == 1).await;
+    assert_eq!(s.groups, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_speaker_index_is_dropped_and_counted() {
+    let (relay, addr) = start(settings());
+    let w = world();
+    let (bob, carol) = (player(2), player(3));
+    bob.joins(&w);
+    carol.joins(&w);
+    let b = bob.join(&w, &addr).await;
+    let c = carol.join(&w, &addr).await;
+    // Bob speaks in carol's name, then in his own.
+    for seq in 0..5 {
+        assert!(b.send(&frame(c.speaker(), seq)));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(b.send(&frame(b.speaker(), 99)));
+    let got = receive(&c, 1).await;
+    assert_eq!((got[0].0, got[0].1), (b.speaker(), 99));
+    let s = stats_become(&relay, |s| s.relay.received == 6).await;
+    assert_eq!(s.relay.dropped_wrong_speaker, 5);
+    assert_eq!(s.relay.forwarded, 1);
+    nothing_arrives(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_cap_drops_and_counts() {
+    let mut s = settings();
+    s.limits.datagrams_per_second = 10;
+    s.limits.datagram_burst = 5;
+    let (relay, addr) = start(s);
+    let w = world();
+    let (bob, carol) = (player(2), player(3));
+    bob.joins(&w);
+    carol.joins(&w);
+    let b = bob.join(&w, &addr).await;
+    let c = carol.join(&w, &addr).await;
+    // 30 frames in about 60 ms: the burst of 5 passes, the refill at 10 a
+    // second adds at most one more.
+    for seq in 0..30 {
+        assert!(b.send(&frame(b.speaker(), seq)));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let s = stats_become(&relay, |s| s.relay.received == 30).await;
+    let passed = s.relay.forwarded;
+    assert!((5..=6).contains(&passed), "{s:?}");
+    assert_eq!(s.relay.dropped_datagram_rate, 30 - passed);
+    let got = receive(&c, passed as usize).await;
+    assert_eq!(got.iter().map(|g| g.1).min(), Some(0));
+    nothing_arrives(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_that_leave_or_vanish_are_announced_as_gone() {
+    let mut s = settings();
+    // Short, so a vanished member is noticed within the test.
+    s.endpoint.idle_timeout = Duration::from_secs(2);
+    s.endpoint.keep_alive = Duration::from_millis(500);
+    let (relay, addr) = start(s);
+    let w = world();
+    let (bob, carol) = (player(2), player(3));
+    bob.joins(&w);
+    carol.joins(&w);
+    let b = bob.join(&w, &addr).await;
+    let c = carol.join(&w, &addr).await;
+    table_becomes(&b, |t| t.len() == 1).await;
+
+    // Carol leaves properly.
+    let carol_index = c.speaker();
+    c.leave();
+    table_becomes(&b, |t| !t.contains_key(&carol_index)).await;
+
+    // Dave's node vanishes: its runtime stops without closing anything.
+    let dave = player(4);
+    dave.joins(&w);
+    let hello = dave.hello(&w);
+    let dave_index = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let index = rt.block_on(async {
+            let endpoint = VoiceEndpoint::bind(
+                *dave.node.seed(),
+                "127.0.0.1:0".parse().unwrap(),
+                &EndpointConfig::default(),
+            )
+            .unwrap();
+            let session = RelaySession::join(&endpoint, &addr, hello).await.unwrap();
+            let index = session.speaker();
+            std::mem::forget(session);
+            std::mem::forget(endpoint);
+            index
+        });
+        rt.shutdown_background();
+        index
+    })
+    .join()
+    .unwrap();
+    table_becomes(&b, |t| t.contains_key(&dave_index)).await;
+    table_becomes(&b, |t| t.is_empty()).await;
+    let s = stats_become(&relay, |s| s.members == 1).await;
+    assert_eq!(s.joins_accepted, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_returns_the_diallers_address() {
+    let (relay, addr) = start(settings());
+    let p = player(5);
+    let seen: SocketAddr = observe_address(&p.endpoint, &addr).await.unwrap();
+    assert_eq!(seen, p.endpoint.local_addr().unwrap());
+    assert_eq!(relay.stats().observed, 1);
+    // The relay proves the PeerId asked for; another is refused by TLS.
+    let wrong = RelayAddr {
+        peer: player(6).endpoint.peer_id(),
+        ..addr
+    };
+    assert!(matches!(
+        observe_address(&p.endpoint, &wrong).await,
+        Err(RelayClientError::Connect(_))
+    ));
+    // The raw request works too, for nodes that speak the protocol directly.
+    let conn = p.endpoint.connect(addr.addr, addr.peer).await.unwrap();
+    let (mut send, mut recv) = conn.open_control().await.unwrap();
+    write_message(&mut send, &Request::Observe).await.unwrap();
+    let answer: Answer = read_message(&mut recv, 1024).await.unwrap();
+    assert_eq!(answer, Answer::Observed(p.endpoint.local_addr().unwrap()));
+}
