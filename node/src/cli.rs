@@ -89,7 +89,31 @@ pub enum Command {
         /// An address at which others reach this node (a port forward, a public IP), repeatable
         #[arg(long = "external")]
         external: Vec<String>,
+        /// The voice socket (UDP), IP:PORT [default: every interface, any port]
+        #[arg(long, default_value = "0.0.0.0:0")]
+        voice_listen: std::net::SocketAddr,
+        /// Microphone: default, null, wav:PATH, wav-loop:PATH, or a device name (`tincan audio devices`)
+        #[arg(long, default_value = "default")]
+        input: String,
+        /// Speaker: default, null, wav:PATH (records what would be played), or a device name
+        #[arg(long, default_value = "default")]
+        output: String,
+        /// A voice relay, IP:PORT/PEERID (repeatable): for the public address of the voice socket and as the fallback path
+        #[arg(
+            long = "voice-relay",
+            env = "TINCAN_VOICE_RELAY",
+            value_delimiter = ','
+        )]
+        voice_relays: Vec<String>,
     },
+    /// Voice: join or leave a channel, mute, deafen (acts on the running node)
+    Voice {
+        /// Voice operations
+        #[command(subcommand)]
+        action: VoiceAction,
+    },
+    /// The running node's voice session: channel, participants, and per peer the path, RTT, loss, jitter and bitrate
+    Status,
     /// Peers of the running node, with round-trip time and score
     Peers,
     /// Show or manage this node's identity
@@ -486,7 +510,20 @@ pub(crate) fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
             relays,
             advertise_listen_addrs,
             external,
+            voice_listen,
+            input,
+            output,
+            voice_relays,
         } => {
+            let voice = crate::voice::VoiceOptions {
+                listen: voice_listen,
+                input: input.parse().unwrap_or_default(),
+                output: output.parse().unwrap_or_default(),
+                relays: voice_relays
+                    .iter()
+                    .map(|r| crate::voice::parse_relay(r))
+                    .collect::<Result<_>>()?,
+            };
             let options = crate::daemon::UpOptions {
                 control_port,
                 listen,
@@ -495,10 +532,13 @@ pub(crate) fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
                 relays,
                 advertise_listen_addrs,
                 external,
+                voice,
             };
             up(ctx, username, once, options)
         }
         Command::Peers => peers(ctx),
+        Command::Voice { action } => voice_command(ctx, action),
+        Command::Status => voice_status(ctx),
         Command::Id { action } => id_command(ctx, action.unwrap_or(IdAction::Show)),
         Command::Room { action } => room_command(ctx, action),
         Command::Channel { action } => channel_command(ctx, action),
@@ -596,6 +636,121 @@ fn up(
     ctx.flush();
     let node = ctx.node.borrow_mut().take().expect("unlocked above");
     crate::daemon::run(node, options)
+}
+
+/// Voice operations.
+#[derive(Subcommand, Debug, Clone, Serialize, Deserialize)]
+pub enum VoiceAction {
+    /// Join a voice channel of a room you are a member of
+    Join {
+        /// Room id
+        room: String,
+        /// Channel id (`tincan channel list ROOM`)
+        channel: String,
+    },
+    /// Leave the voice channel
+    Leave,
+    /// Stop sending your microphone
+    Mute,
+    /// Send your microphone again
+    Unmute,
+    /// Stop playing others' voices
+    Deafen,
+    /// Play others' voices again
+    Undeafen,
+}
+
+fn running_voice(ctx: &Ctx) -> Result<crate::voice::Voice> {
+    crate::voice::running().ok_or_else(|| {
+        anyhow!(
+            "no node is running on {}: start it with `tincan up`",
+            ctx.dir.root().display()
+        )
+    })
+}
+
+fn voice_command(ctx: &Ctx, action: VoiceAction) -> Result<()> {
+    let voice = running_voice(ctx)?;
+    let (what, text) = match action {
+        VoiceAction::Join { room, channel } => {
+            let room = RoomId::from_hex(&room).map_err(|e| anyhow!("room {room:?}: {e}"))?;
+            let channel =
+                ChannelId::from_hex(&channel).map_err(|e| anyhow!("channel {channel:?}: {e}"))?;
+            voice.join(room, channel)?;
+            (
+                "joined",
+                format!("in voice channel {channel} of room {room}"),
+            )
+        }
+        VoiceAction::Leave => {
+            voice.leave();
+            ("left", "left voice".to_owned())
+        }
+        VoiceAction::Mute => {
+            voice.set_muted(true);
+            ("muted", "microphone muted".to_owned())
+        }
+        VoiceAction::Unmute => {
+            voice.set_muted(false);
+            ("unmuted", "microphone on".to_owned())
+        }
+        VoiceAction::Deafen => {
+            voice.set_deafened(true);
+            ("deafened", "deafened".to_owned())
+        }
+        VoiceAction::Undeafen => {
+            voice.set_deafened(false);
+            ("undeafened", "undeafened".to_owned())
+        }
+    };
+    ctx.print(json!({ "voice": what }), || text);
+    Ok(())
+}
+
+fn voice_status(ctx: &Ctx) -> Result<()> {
+    let voice = running_voice(ctx)?;
+    let view = voice.status();
+    let value = serde_json::to_value(&view)?;
+    ctx.print(value, || {
+        let mut s = match (&view.room, &view.channel) {
+            (Some(room), Some(channel)) => format!("voice: channel {channel} of room {room}"),
+            _ => "voice: not in a channel".to_owned(),
+        };
+        s += &format!(
+            "\n  socket {}{}{}{}\n  frames sent {}, received {}, refused {}",
+            view.local,
+            view.reflexive
+                .as_deref()
+                .map(|r| format!(" (public {r})"))
+                .unwrap_or_default(),
+            if view.muted { ", muted" } else { "" },
+            if view.deafened { ", deafened" } else { "" },
+            view.frames_sent,
+            view.frames_received,
+            view.frames_refused,
+        );
+        for (user, speaking) in &view.participants {
+            s += &format!(
+                "\n  {} {}",
+                &user[..16],
+                if *speaking { "speaking" } else { "" }
+            );
+        }
+        for l in &view.links {
+            s += &format!(
+                "\n  {}  {:8} {}  rtt {:.1} ms  loss {:.1}%  jitter {:.1} ms  {:.1} kbit/s",
+                l.peer,
+                l.path,
+                l.remote,
+                l.rtt_ms,
+                l.loss * 100.0,
+                l.jitter_ms,
+                l.bitrate_kbps
+            );
+        }
+        s
+    });
+    Ok(())
 }
 
 fn peers(ctx: &Ctx) -> Result<()> {

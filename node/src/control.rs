@@ -17,7 +17,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use tincan_store::datadir::DataDir;
 
-use crate::cli::{ChannelAction, Command, LogAction, Output, RoomAction};
+use crate::cli::{ChannelAction, Command, LogAction, Output, RoomAction, VoiceAction};
 
 /// Largest request or response line: an import bundle of a big room fits.
 pub const MAX_LINE_BYTES: u64 = 64 * 1024 * 1024;
@@ -53,6 +53,10 @@ pub enum RemoteCommand {
     Import(PathBuf),
     /// `tincan peers`
     Peers,
+    /// `tincan voice ...`
+    Voice(VoiceAction),
+    /// `tincan status`
+    Status,
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
@@ -72,6 +76,8 @@ impl RemoteCommand {
             }
             Command::Import { file } => RemoteCommand::Import(absolute(&file)?),
             Command::Peers => RemoteCommand::Peers,
+            Command::Voice { action } => RemoteCommand::Voice(action),
+            Command::Status => RemoteCommand::Status,
             other => return Ok(Err(other)),
         }))
     }
@@ -85,6 +91,8 @@ impl RemoteCommand {
             RemoteCommand::Export(out) => Command::Export { out },
             RemoteCommand::Import(file) => Command::Import { file },
             RemoteCommand::Peers => Command::Peers,
+            RemoteCommand::Voice(action) => Command::Voice { action },
+            RemoteCommand::Status => Command::Status,
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct UpOptions {
     pub advertise_listen_addrs: bool,
     /// Addresses at which others reach this node.
     pub external: Vec<String>,
+    /// The voice plane's socket, devices and relays.
+    pub voice: crate::voice::VoiceOptions,
 }
 
 fn multiaddrs(what: &str, list: &[String]) -> Result<Vec<tincan_mesh::Multiaddr>> {
@@ -98,6 +100,22 @@ async fn serve(mut node: Node, options: UpOptions) -> Result<()> {
         mesh: mesh.clone(),
         runtime: tokio::runtime::Handle::current(),
     });
+    let issued = node.now()?;
+    let node_key = node
+        .identity
+        .node_key
+        .as_ref()
+        .ok_or_else(|| anyhow!("the identity has no node key"))?;
+    let binding = tincan_core::NodeBinding::new(node.user_key(), node_key.id(), issued);
+    let voice = crate::voice::Voice::start(
+        *node_key.seed(),
+        binding,
+        mesh.clone(),
+        node.store.clone(),
+        options.voice.clone(),
+    )?;
+    eprintln!("Voice socket on {}", voice.local_addr()?);
+    crate::voice::set_running(voice.clone());
     let listener = TcpListener::bind(("127.0.0.1", options.control_port))
         .await
         .with_context(|| format!("cannot listen on 127.0.0.1:{}", options.control_port))?;
@@ -145,6 +163,7 @@ async fn serve(mut node: Node, options: UpOptions) -> Result<()> {
     let _ = std::fs::remove_file(&path);
     // Wait for requests in flight, stop the mesh, then close the store.
     let _ = slots.acquire_many(MAX_CONCURRENT_REQUESTS as u32).await;
+    voice.leave();
     mesh.shutdown().await;
     if let Ok(mut n) = node.lock() {
         n.take();

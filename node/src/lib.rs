@@ -8,3 +8,4 @@ pub mod control;
 pub mod daemon;
 pub mod node;
 pub mod password;
+pub mod voice;

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod voice;
+
 /// Path of a binary built by cargo for this workspace (`tincan`,
 /// `crash-writer`), next to the test executable.
 pub fn workspace_bin(name: &str) -> PathBuf {

@@ -19,8 +19,9 @@ pub struct Alignment {
 
 /// Finds the lag in `0..=max_lag` (samples) at which `received[lag..]`
 /// correlates best with `sent`, comparing at most `window` samples taken
-/// from `sent[from..]`. Coarse-to-fine: every 4th lag first, then the
-/// neighbourhood of the best, so a second of lags costs little.
+/// from `sent[from..]`. Coarse-to-fine: first on both signals averaged over
+/// blocks of 8 samples (a low-pass and a decimation in one), then sample by
+/// sample around the best coarse lag, so seconds of lags cost little.
 pub fn best_alignment(
     sent: &[f32],
     received: &[f32],
@@ -28,31 +29,41 @@ pub fn best_alignment(
     window: usize,
     max_lag: usize,
 ) -> Option<Alignment> {
+    const BLOCK: usize = 8;
     let a = sent.get(from..(from + window).min(sent.len()))?;
     if a.is_empty() {
         return None;
     }
-    let score = |lag: usize| -> Option<f64> {
-        let b = received.get(from + lag..from + lag + a.len())?;
-        Some(normalised_correlation(a, b))
+    let decimate = |s: &[f32]| -> Vec<f32> {
+        s.chunks(BLOCK)
+            .map(|c| c.iter().sum::<f32>() / c.len() as f32)
+            .collect()
     };
+    let coarse_a = decimate(a);
+    let coarse_b = decimate(received.get(from..).unwrap_or(&[]));
+    let mut coarse: Option<(usize, f64)> = None;
+    for lag in 0..=max_lag / BLOCK {
+        let Some(b) = coarse_b.get(lag..lag + coarse_a.len()) else {
+            break;
+        };
+        let c = normalised_correlation(&coarse_a, b);
+        if coarse.is_none_or(|(_, best)| c > best) {
+            coarse = Some((lag * BLOCK, c));
+        }
+    }
+    let (around, _) = coarse?;
     let mut best: Option<Alignment> = None;
-    let consider = |lag: usize, best: &mut Option<Alignment>| {
-        if let Some(c) = score(lag)
-            && best.is_none_or(|b| c > b.correlation)
-        {
-            *best = Some(Alignment {
+    for lag in around.saturating_sub(BLOCK)..=(around + BLOCK).min(max_lag) {
+        let Some(b) = received.get(from + lag..from + lag + a.len()) else {
+            continue;
+        };
+        let c = normalised_correlation(a, b);
+        if best.is_none_or(|x| c > x.correlation) {
+            best = Some(Alignment {
                 lag,
                 correlation: c,
             });
         }
-    };
-    for lag in (0..=max_lag).step_by(4) {
-        consider(lag, &mut best);
-    }
-    let coarse = best?;
-    for lag in coarse.lag.saturating_sub(4)..=(coarse.lag + 4).min(max_lag) {
-        consider(lag, &mut best);
     }
     best
 }

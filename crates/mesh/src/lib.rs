@@ -36,6 +36,7 @@ pub mod reconcile;
 pub use behaviour::{build_swarm, profiles_topic, room_topic, voice_topic};
 pub use config::{Limits, MeshConfig, RelayLimits};
 pub use error::{DialError, PublishError, StartError, Stopped, SubscribeError};
+pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{MAX_SIGNAL_BYTES, Mesh, MeshStats, PeerInfo, Signal};
 pub use rate::Rate;

@@ -1,0 +1,1234 @@
+//! The node's voice session: joins a voice channel, finds the channel's
+//! other members by their presence signals, connects to each of them over
+//! the voice endpoint (directly, by punching through NATs, or through a
+//! relay), and moves Opus frames between them and the audio engine.
+//!
+//! Pieces, and where their logic lives:
+//! - [`tincan_media::presence`]: what we gossip to say we are in a channel;
+//! - [`tincan_media::paths::PathPlanner`]: who dials, who punches, when the
+//!   relay is needed (sans-IO; this module only carries out its actions);
+//! - [`tincan_media::control`]: the handshake on each voice connection,
+//!   where the acceptor checks the dialler's user binding and membership;
+//! - [`tincan_media::relay_client`]: the relay fallback;
+//! - [`tincan_audio::engine::Engine`]: devices, codec, jitter buffers, mixer.
+//!
+//! Receivers enforce channel permissions: a frame from a user who may not
+//! speak in the channel (or whom we cannot map to a user) is dropped and
+//! counted, whatever the sender thinks.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Serialize;
+use tincan_audio::codec::VoicePacket;
+use tincan_audio::device::DeviceSpec;
+use tincan_audio::engine::{Engine, EngineConfig};
+use tincan_core::permissions::{Action, allows};
+use tincan_core::{ChannelId, NodeBinding, RoomId, UserId};
+use tincan_media::control::{
+    Answer, Hello, MAX_CONTROL_MESSAGE, MAX_PROOF_RECORDS, Refused, Request, Welcome, read_message,
+    write_message,
+};
+use tincan_media::paths::{Action as PathAction, Path, PathPlanner, PlannerConfig, is_private};
+use tincan_media::presence::{Candidate, CandidateKind, PRESENCE_INTERVAL, Presence};
+use tincan_media::relay_client::{RelayAddr, RelaySession, observe_address};
+use tincan_media::{
+    EndpointConfig, VoiceConnection, VoiceDatagram, VoiceDatagramRef, VoiceEndpoint,
+};
+use tincan_mesh::{Mesh, PeerId};
+use tincan_store::Store;
+
+/// The voice plane of the `tincan up` running in this process: the control
+/// endpoint's commands reach it here. One node runs per process.
+static RUNNING: std::sync::OnceLock<Voice> = std::sync::OnceLock::new();
+
+/// Records the running node's voice plane (once per process).
+pub fn set_running(voice: Voice) {
+    let _ = RUNNING.set(voice);
+}
+
+/// The running node's voice plane, if this process runs one.
+pub fn running() -> Option<Voice> {
+    RUNNING.get().cloned()
+}
+
+/// How often the session looks at its planner and links.
+const TICK: Duration = Duration::from_millis(100);
+/// How long a dial may take before it counts as failed.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long an acceptor waits for the dialler's request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often link statistics are computed and fed back to the encoder.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+/// Voice connections accepted at once beyond the channel's peers (a slot is
+/// held only until the handshake ends).
+const MAX_HANDSHAKES: usize = 32;
+
+/// Settings of the voice plane, from `tincan up`'s flags.
+#[derive(Clone, Debug)]
+pub struct VoiceOptions {
+    /// The voice socket's address (port 0: any).
+    pub listen: SocketAddr,
+    /// The microphone.
+    pub input: DeviceSpec,
+    /// The speaker.
+    pub output: DeviceSpec,
+    /// Voice relays: for the public address of our voice socket, and as the
+    /// fallback path.
+    pub relays: Vec<RelayAddr>,
+}
+
+impl Default for VoiceOptions {
+    fn default() -> Self {
+        VoiceOptions {
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            input: DeviceSpec::Default,
+            output: DeviceSpec::Default,
+            relays: Vec::new(),
+        }
+    }
+}
+
+/// Parses `HOST:PORT/PEERID`, the way a voice relay is named on the command line.
+pub fn parse_relay(text: &str) -> Result<RelayAddr> {
+    let (addr, peer) = text.split_once('/').ok_or_else(|| {
+        anyhow!("voice relay {text:?} is not ADDRESS:PORT/PEERID, e.g. 192.0.2.1:4434/12D3KooW...")
+    })?;
+    Ok(RelayAddr {
+        addr: addr
+            .parse()
+            .with_context(|| format!("voice relay address {addr:?} is not IP:PORT"))?,
+        peer: peer
+            .parse()
+            .map_err(|e| anyhow!("voice relay PeerId {peer:?} is not valid: {e}"))?,
+    })
+}
+
+/// One peer's link statistics, as `tincan status` and the API show them.
+#[derive(Clone, Debug, Serialize)]
+pub struct LinkView {
+    /// The peer's PeerId.
+    pub peer: String,
+    /// Its user (hex), once known.
+    pub user: Option<String>,
+    /// lan, direct, punched or relayed.
+    pub path: String,
+    /// The peer's address.
+    pub remote: String,
+    /// Smoothed round-trip time.
+    pub rtt_ms: f64,
+    /// Share of our packets to it lost in the last second (QUIC's count).
+    pub loss: f64,
+    /// Arrival jitter of its voice (RFC 3550 style, from the jitter buffer).
+    pub jitter_ms: f64,
+    /// Its voice's bitrate as received in the last second.
+    pub bitrate_kbps: f64,
+    /// Frames from it dropped because its user may not speak here.
+    pub forbidden: u64,
+}
+
+/// The session's state, as `tincan status` shows it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct VoiceView {
+    /// The room (hex), while in a channel.
+    pub room: Option<String>,
+    /// The channel (hex), while in one.
+    pub channel: Option<String>,
+    /// Our voice socket.
+    pub local: String,
+    /// Our voice socket's public address, as a relay saw it.
+    pub reflexive: Option<String>,
+    /// Microphone muted.
+    pub muted: bool,
+    /// Speaker off.
+    pub deafened: bool,
+    /// Whether we speak now.
+    pub speaking: bool,
+    /// Users present in the channel (hex), and whether each speaks now.
+    pub participants: Vec<(String, bool)>,
+    /// Links.
+    pub links: Vec<LinkView>,
+    /// Whether the relay carries our voice too.
+    pub relayed: bool,
+    /// Frames sent.
+    pub frames_sent: u64,
+    /// Frames received and handed to the jitter buffers.
+    pub frames_received: u64,
+    /// Frames dropped: from users who may not speak, unknown speakers, or
+    /// malformed.
+    pub frames_refused: u64,
+}
+
+#[derive(Default)]
+struct LinkCounters {
+    bytes: AtomicU64,
+    frames: AtomicU64,
+    forbidden: AtomicU64,
+    /// Interarrival jitter in microseconds (RFC 3550's estimator).
+    jitter_us: AtomicU64,
+}
+
+/// RFC 3550's interarrival jitter: how much the spacing of arrivals
+/// differs from the spacing of media timestamps, smoothed over 16 frames.
+#[derive(Default)]
+struct JitterEstimator {
+    last: Option<(Instant, u32)>,
+    jitter_us: f64,
+}
+
+impl JitterEstimator {
+    fn on_frame(&mut self, arrived: Instant, timestamp: u32) -> f64 {
+        if let Some((at, ts)) = self.last {
+            let arrival_us = arrived.saturating_duration_since(at).as_secs_f64() * 1e6;
+            let media_us = f64::from(timestamp.wrapping_sub(ts) as i32) * 1e6 / 48_000.0;
+            let d = (arrival_us - media_us).abs();
+            // Reordered or long-gapped frames say nothing useful here.
+            if media_us > 0.0 && media_us < 1e6 {
+                self.jitter_us += (d - self.jitter_us) / 16.0;
+            }
+        }
+        self.last = Some((arrived, timestamp));
+        self.jitter_us
+    }
+}
+
+struct Link {
+    conn: VoiceConnection,
+    user: UserId,
+    path: Path,
+    counters: Arc<LinkCounters>,
+    recv_task: tokio::task::AbortHandle,
+    // For per-second rates.
+    last_bytes: u64,
+    last_sent_packets: u64,
+    last_lost_packets: u64,
+    loss: f64,
+    bitrate_kbps: f64,
+}
+
+struct Session {
+    room: RoomId,
+    channel: ChannelId,
+    engine: Arc<Engine<UserId>>,
+    planner: PathPlanner,
+    started: Instant,
+    links: HashMap<PeerId, Link>,
+    relay: Option<Arc<RelaySession>>,
+    relay_task: Option<tokio::task::AbortHandle>,
+    relay_counters: Arc<LinkCounters>,
+    relay_joining: bool,
+    tasks: Vec<tokio::task::AbortHandle>,
+    /// Who may speak here, refreshed each stats round.
+    speakers_allowed: Arc<Mutex<HashMap<UserId, bool>>>,
+    /// Users present, from their presences.
+    present: HashMap<PeerId, UserId>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for link in self.links.values() {
+            link.recv_task.abort();
+            link.conn.close();
+        }
+        if let Some(t) = &self.relay_task {
+            t.abort();
+        }
+    }
+}
+
+struct Shared {
+    endpoint: VoiceEndpoint,
+    mesh: Mesh,
+    store: Arc<Store>,
+    binding: NodeBinding,
+    options: VoiceOptions,
+    session: Mutex<Option<Session>>,
+    reflexive: Mutex<Option<SocketAddr>>,
+    muted: std::sync::atomic::AtomicBool,
+    deafened: std::sync::atomic::AtomicBool,
+    refused: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
+}
+
+/// The voice plane of a running node. Cheap to clone.
+#[derive(Clone)]
+pub struct Voice {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Voice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Voice")
+            .field("endpoint", &self.shared.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock is a bug already reported;
+    // the state itself stays usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Voice {
+    /// Binds the voice endpoint and starts accepting voice connections and
+    /// listening to presences. Call inside the node's tokio runtime.
+    pub fn start(
+        node_seed: [u8; 32],
+        binding: NodeBinding,
+        mesh: Mesh,
+        store: Arc<Store>,
+        options: VoiceOptions,
+    ) -> Result<Voice> {
+        let endpoint = VoiceEndpoint::bind(node_seed, options.listen, &EndpointConfig::default())
+            .context("cannot start the voice endpoint")?;
+        let voice = Voice {
+            shared: Arc::new(Shared {
+                endpoint,
+                mesh,
+                store,
+                binding,
+                options,
+                session: Mutex::new(None),
+                reflexive: Mutex::new(None),
+                muted: Default::default(),
+                deafened: Default::default(),
+                refused: Default::default(),
+                received: Default::default(),
+            }),
+        };
+        tokio::spawn(voice.clone().accept_loop());
+        tokio::spawn(voice.clone().signal_loop());
+        tokio::spawn(voice.clone().tick_loop());
+        tokio::spawn(voice.clone().observe_loop());
+        Ok(voice)
+    }
+
+    /// The voice socket's address.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.shared.endpoint.local_addr()?)
+    }
+
+    fn user(&self) -> UserId {
+        self.shared.binding.user
+    }
+
+    /// Joins a voice channel (leaving any other): starts the audio engine
+    /// and announces our presence; peers are connected as they are found.
+    pub fn join(&self, room: RoomId, channel: ChannelId) -> Result<()> {
+        let store = &self.shared.store;
+        let view = store
+            .room(&room)?
+            .ok_or_else(|| anyhow!("room {room} is not known here: join it first"))?;
+        let ch = store.channel(&room, &channel)?.ok_or_else(|| {
+            anyhow!("room {room} has no channel {channel}: `tincan channel list {room}` shows them")
+        })?;
+        let me = self.user();
+        let membership = store.membership(&room, &me)?;
+        let may_listen = allows(
+            &ch.channel.permissions,
+            Action::Listen,
+            &me,
+            &view.owner,
+            membership,
+        );
+        if !may_listen {
+            bail!(
+                "you may not listen in channel {:?} ({}): ask the room's owner",
+                ch.channel.name,
+                ch.channel.permissions.join(", ")
+            );
+        }
+        self.leave();
+        let (engine, mut packets) = Engine::start(EngineConfig {
+            input: self.shared.options.input.clone(),
+            output: self.shared.options.output.clone(),
+            ..EngineConfig::default()
+        })
+        .context("cannot start the audio engine")?;
+        engine.set_muted(self.shared.muted.load(Ordering::Relaxed));
+        engine.set_deafened(self.shared.deafened.load(Ordering::Relaxed));
+        let engine = Arc::new(engine);
+        let mut planner = PathPlanner::new(
+            self.shared.endpoint.peer_id().to_string(),
+            PlannerConfig::default(),
+        );
+        planner.set_channel(Some((room, channel)));
+        // The sender: each frame to every link, and to the relay when on it.
+        let voice = self.clone();
+        let sender = tokio::spawn(async move {
+            while let Some(packet) = packets.recv().await {
+                voice.send_frame(packet);
+            }
+        });
+        let mut session = Session {
+            room,
+            channel,
+            engine,
+            planner,
+            started: Instant::now(),
+            links: HashMap::new(),
+            relay: None,
+            relay_task: None,
+            relay_counters: Arc::default(),
+            relay_joining: false,
+            tasks: vec![sender.abort_handle()],
+            speakers_allowed: Arc::default(),
+            present: HashMap::new(),
+        };
+        refresh_permissions(store, &mut session);
+        *lock(&self.shared.session) = Some(session);
+        tracing::info!(%room, %channel, "joined voice channel");
+        let voice = self.clone();
+        tokio::spawn(async move { voice.announce().await });
+        Ok(())
+    }
+
+    /// Leaves the voice channel, if in one.
+    pub fn leave(&self) {
+        let old = lock(&self.shared.session).take();
+        if let Some(session) = old {
+            let room = session.room;
+            drop(session);
+            let voice = self.clone();
+            tokio::spawn(async move {
+                let presence = voice.presence(room, None).await;
+                let _ = voice
+                    .shared
+                    .mesh
+                    .publish_signal(room, presence.encode())
+                    .await;
+            });
+            tracing::info!(%room, "left voice");
+        }
+    }
+
+    /// Mutes or unmutes the microphone.
+    pub fn set_muted(&self, muted: bool) {
+        self.shared.muted.store(muted, Ordering::Relaxed);
+        if let Some(s) = lock(&self.shared.session).as_ref() {
+            s.engine.set_muted(muted);
+        }
+    }
+
+    /// Deafens or undeafens.
+    pub fn set_deafened(&self, deafened: bool) {
+        self.shared.deafened.store(deafened, Ordering::Relaxed);
+        if let Some(s) = lock(&self.shared.session).as_ref() {
+            s.engine.set_deafened(deafened);
+        }
+    }
+
+    /// Presses or releases push-to-talk (effective in push-to-talk mode).
+    pub fn push_to_talk(&self, down: bool) {
+        if let Some(s) = lock(&self.shared.session).as_ref() {
+            s.engine.push_to_talk().set_pressed(down);
+        }
+    }
+
+    /// Sets a user's volume.
+    pub fn set_volume(&self, user: UserId, gain: f32) -> Result<()> {
+        if !(0.0..=4.0).contains(&gain) {
+            bail!("a volume is between 0.0 and 4.0, not {gain}");
+        }
+        match lock(&self.shared.session).as_ref() {
+            Some(s) => {
+                s.engine.set_volume(user, gain);
+                Ok(())
+            }
+            None => bail!("not in a voice channel: join one first"),
+        }
+    }
+
+    /// The session's state and link statistics.
+    pub fn status(&self) -> VoiceView {
+        let local = self
+            .shared
+            .endpoint
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let reflexive = lock(&self.shared.reflexive).map(|a| a.to_string());
+        let guard = lock(&self.shared.session);
+        let mut view = VoiceView {
+            local,
+            reflexive,
+            muted: self.shared.muted.load(Ordering::Relaxed),
+            deafened: self.shared.deafened.load(Ordering::Relaxed),
+            frames_received: self.shared.received.load(Ordering::Relaxed),
+            frames_refused: self.shared.refused.load(Ordering::Relaxed),
+            ..VoiceView::default()
+        };
+        let Some(s) = guard.as_ref() else {
+            return view;
+        };
+        view.room = Some(s.room.to_hex());
+        view.channel = Some(s.channel.to_hex());
+        view.relayed = s.relay.is_some();
+        let counters = s.engine.counters();
+        view.frames_sent = counters.frames_sent.load(Ordering::Relaxed);
+        view.speaking = counters.self_speaking.load(Ordering::Relaxed);
+        let levels = s.engine.levels();
+        view.participants = s
+            .present
+            .values()
+            .map(|u| {
+                let speaking = levels.iter().any(|(k, l)| k == u && l.speaking);
+                (u.to_hex(), speaking)
+            })
+            .collect();
+        for (peer, link) in &s.links {
+            view.links.push(LinkView {
+                peer: peer.to_string(),
+                user: Some(link.user.to_hex()),
+                path: link.path.to_string(),
+                remote: link.conn.remote_addr().to_string(),
+                rtt_ms: link.conn.rtt().as_secs_f64() * 1000.0,
+                loss: link.loss,
+                jitter_ms: link.counters.jitter_us.load(Ordering::Relaxed) as f64 / 1000.0,
+                bitrate_kbps: link.bitrate_kbps,
+                forbidden: link.counters.forbidden.load(Ordering::Relaxed),
+            });
+        }
+        if let Some(relay) = &s.relay {
+            let conn = relay.connection();
+            view.links.push(LinkView {
+                peer: conn.peer_id().to_string(),
+                user: None,
+                path: Path::Relayed.to_string(),
+                remote: conn.remote_addr().to_string(),
+                rtt_ms: conn.rtt().as_secs_f64() * 1000.0,
+                loss: 0.0,
+                jitter_ms: s.relay_counters.jitter_us.load(Ordering::Relaxed) as f64 / 1000.0,
+                bitrate_kbps: 0.0,
+                forbidden: s.relay_counters.forbidden.load(Ordering::Relaxed),
+            });
+        }
+        view
+    }
+
+    /// Our presence in `room` (in `channel`, or leaving with `None`).
+    async fn presence(&self, room: RoomId, channel: Option<ChannelId>) -> Presence {
+        let mut candidates = Vec::new();
+        if let Ok(local) = self.shared.endpoint.local_addr() {
+            for ip in self.host_ips(local.ip()).await {
+                candidates.push(Candidate {
+                    addr: SocketAddr::new(ip, local.port()),
+                    kind: CandidateKind::Host,
+                });
+            }
+        }
+        if let Some(r) = *lock(&self.shared.reflexive)
+            && !candidates.iter().any(|c| c.addr == r)
+        {
+            candidates.push(Candidate {
+                addr: r,
+                kind: CandidateKind::Reflexive,
+            });
+        }
+        candidates.truncate(tincan_media::presence::MAX_CANDIDATES);
+        let relayed = lock(&self.shared.session)
+            .as_ref()
+            .is_some_and(|s| s.relay.is_some());
+        Presence {
+            binding: self.shared.binding.clone(),
+            room,
+            channel,
+            candidates,
+            relayed,
+            sent_ms: crate::node::wall_ms(),
+        }
+    }
+
+    /// Our interface addresses: the bound one, or (bound to all) those the
+    /// mesh listens on, which libp2p enumerates per interface.
+    async fn host_ips(&self, bound: IpAddr) -> Vec<IpAddr> {
+        if !bound.is_unspecified() {
+            return vec![bound];
+        }
+        let addrs = tokio::time::timeout(Duration::from_secs(1), self.shared.mesh.listen_addrs())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let mut ips: Vec<IpAddr> = Vec::new();
+        for a in addrs {
+            for p in a.iter() {
+                let ip = match p {
+                    tincan_mesh::Protocol::Ip4(ip) => IpAddr::V4(ip),
+                    tincan_mesh::Protocol::Ip6(ip) => IpAddr::V6(ip),
+                    _ => continue,
+                };
+                if !ips.contains(&ip) && (bound.is_ipv4() == ip.is_ipv4()) {
+                    ips.push(ip);
+                }
+            }
+        }
+        // Loopback last: only useful to peers on this very machine.
+        ips.sort_by_key(|ip| ip.is_loopback());
+        ips
+    }
+
+    async fn announce(&self) {
+        let room = match lock(&self.shared.session).as_ref() {
+            Some(s) => (s.room, s.channel),
+            None => return,
+        };
+        let presence = self.presence(room.0, Some(room.1)).await;
+        if let Err(e) = self
+            .shared
+            .mesh
+            .publish_signal(room.0, presence.encode())
+            .await
+        {
+            tracing::debug!("cannot announce voice presence: {e}");
+        }
+    }
+
+    fn send_frame(&self, packet: VoicePacket) {
+        let guard = lock(&self.shared.session);
+        let Some(s) = guard.as_ref() else { return };
+        let mut datagram = VoiceDatagram {
+            channel: 0,
+            speaker: 0,
+            sequence: packet.sequence,
+            timestamp: packet.timestamp,
+            end_of_spurt: false,
+            payload: packet.payload,
+            redundant: packet.redundant,
+        };
+        let Ok(bytes) = datagram.encode() else {
+            return;
+        };
+        let bytes = bytes::Bytes::from(bytes);
+        for link in s.links.values() {
+            link.conn.send_encoded(bytes.clone());
+        }
+        if let Some(relay) = &s.relay {
+            datagram.speaker = relay.speaker();
+            relay.send(&datagram);
+        }
+    }
+
+    async fn accept_loop(self) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+        while let Some(incoming) = self.shared.endpoint.accept().await {
+            let conn = match incoming {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!("voice connection not accepted: {e}");
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                conn.close();
+                continue;
+            };
+            let voice = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = voice.on_incoming(conn).await {
+                    tracing::debug!("voice handshake failed: {e:#}");
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    async fn on_incoming(&self, conn: VoiceConnection) -> Result<()> {
+        let (mut send, mut recv) = tokio::time::timeout(REQUEST_TIMEOUT, conn.accept_control())
+            .await
+            .context("no control stream")??;
+        let request: Request = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            read_message(&mut recv, MAX_CONTROL_MESSAGE),
+        )
+        .await
+        .context("no request")??;
+        let hello = match request {
+            Request::Observe => {
+                write_message(&mut send, &Answer::Observed(conn.remote_addr())).await?;
+                let _ = send.finish();
+                let _ = tokio::time::timeout(REQUEST_TIMEOUT, conn.closed()).await;
+                return Ok(());
+            }
+            Request::Join(hello) => hello,
+        };
+        match self.check_hello(&conn, &hello) {
+            Ok(()) => {
+                write_message(
+                    &mut send,
+                    &Answer::Welcome(Welcome {
+                        observed: conn.remote_addr(),
+                        speaker: 0,
+                        speakers: Vec::new(),
+                    }),
+                )
+                .await?;
+                self.add_link(conn, hello.binding.user, send);
+                Ok(())
+            }
+            Err(reason) => {
+                let _ = write_message(
+                    &mut send,
+                    &Answer::Refused(Refused {
+                        reason: reason.clone(),
+                    }),
+                )
+                .await;
+                let _ = send.finish();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                conn.close();
+                bail!("refused {}: {reason}", conn.peer_id())
+            }
+        }
+    }
+
+    /// Whether a dialler may exchange voice with us: its binding is signed
+    /// and names the node TLS proved, its user is a member who may listen
+    /// in the channel we are in.
+    fn check_hello(&self, conn: &VoiceConnection, hello: &Hello) -> Result<(), String> {
+        if hello.binding.verify().is_err() {
+            return Err("your user binding is not signed by your user".into());
+        }
+        if hello.binding.node.peer_id() != conn.peer_id().to_string() {
+            return Err("your user binding names another node".into());
+        }
+        let (room, channel) = match lock(&self.shared.session).as_ref() {
+            Some(s) => (s.room, s.channel),
+            None => return Err("this node is not in a voice channel".into()),
+        };
+        if (hello.room, hello.channel) != (room, channel) {
+            return Err("this node is in another voice channel".into());
+        }
+        let store = &self.shared.store;
+        let user = hello.binding.user;
+        let check = || -> Result<bool, tincan_store::StorageError> {
+            let Some(view) = store.room(&room)? else {
+                return Ok(false);
+            };
+            let Some(ch) = store.channel(&room, &channel)? else {
+                return Ok(false);
+            };
+            let membership = store.membership(&room, &user)?;
+            Ok(membership.is_member()
+                && allows(
+                    &ch.channel.permissions,
+                    Action::Listen,
+                    &user,
+                    &view.owner,
+                    membership,
+                ))
+        };
+        match check() {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                Err("you are not a member of this room who may listen in this channel".into())
+            }
+            Err(e) => Err(format!("the node cannot check membership now: {e}")),
+        }
+    }
+
+    /// Registers a direct link and starts receiving on it. `control` is
+    /// kept open for the connection's life.
+    fn add_link(&self, conn: VoiceConnection, user: UserId, control: quinn::SendStream) {
+        let mut guard = lock(&self.shared.session);
+        let Some(s) = guard.as_mut() else {
+            conn.close();
+            return;
+        };
+        let peer = conn.peer_id();
+        let path = s
+            .planner
+            .on_connected(&peer.to_string(), conn.remote_addr());
+        let counters = Arc::new(LinkCounters::default());
+        let task = tokio::spawn(receive(
+            conn.clone(),
+            user,
+            s.engine.clone(),
+            s.speakers_allowed.clone(),
+            counters.clone(),
+            self.shared.received.clone(),
+            self.shared.refused.clone(),
+            control,
+        ));
+        tracing::info!(%peer, %path, remote = %conn.remote_addr(), "voice link up");
+        if let Some(old) = s.links.insert(
+            peer,
+            Link {
+                conn,
+                user,
+                path,
+                counters,
+                recv_task: task.abort_handle(),
+                last_bytes: 0,
+                last_sent_packets: 0,
+                last_lost_packets: 0,
+                loss: 0.0,
+                bitrate_kbps: 0.0,
+            },
+        ) {
+            old.recv_task.abort();
+            old.conn.close();
+        }
+    }
+
+    async fn signal_loop(self) {
+        let mut signals = self.shared.mesh.signals();
+        loop {
+            let signal = match signals.recv().await {
+                Ok(s) => s,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::debug!("{n} voice signals lost; the next round repeats them");
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let presence =
+                match Presence::verify(&signal.data, signal.room, &signal.from.to_string()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::debug!(from = %signal.from, "voice presence refused: {e}");
+                        continue;
+                    }
+                };
+            let newcomer = {
+                let mut guard = lock(&self.shared.session);
+                let Some(s) = guard.as_mut() else { continue };
+                if presence.room != s.room {
+                    continue;
+                }
+                let now = s.started.elapsed();
+                let newcomer = if presence.channel == Some(s.channel) {
+                    s.present
+                        .insert(signal.from, presence.binding.user)
+                        .is_none()
+                } else {
+                    s.present.remove(&signal.from);
+                    false
+                };
+                s.planner
+                    .on_presence(&signal.from.to_string(), presence, now);
+                newcomer
+            };
+            // Answer a newcomer at once rather than at our next round, so
+            // that it learns our addresses (and dials, or punches) now.
+            if newcomer {
+                self.announce().await;
+            }
+        }
+    }
+
+    async fn tick_loop(self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_presence = Instant::now() - PRESENCE_INTERVAL;
+        let mut last_stats = Instant::now();
+        loop {
+            tick.tick().await;
+            if last_presence.elapsed() >= PRESENCE_INTERVAL {
+                last_presence = Instant::now();
+                self.announce().await;
+            }
+            let stats_due = last_stats.elapsed() >= STATS_EVERY;
+            if stats_due {
+                last_stats = Instant::now();
+            }
+            let (actions, want_relay) = {
+                let mut guard = lock(&self.shared.session);
+                let Some(s) = guard.as_mut() else { continue };
+                let now = s.started.elapsed();
+                // Links that died (peer killed, idle timeout).
+                let dead: Vec<PeerId> = s
+                    .links
+                    .iter()
+                    .filter(|(_, l)| l.conn.close_reason().is_some())
+                    .map(|(p, _)| *p)
+                    .collect();
+                for peer in dead {
+                    if let Some(l) = s.links.remove(&peer) {
+                        l.recv_task.abort();
+                        tracing::info!(%peer, "voice link closed");
+                    }
+                    s.planner.on_disconnected(&peer.to_string(), now);
+                }
+                if s.relay
+                    .as_ref()
+                    .is_some_and(|r| r.connection().close_reason().is_some())
+                {
+                    tracing::info!("voice relay link closed");
+                    s.relay = None;
+                    if let Some(t) = s.relay_task.take() {
+                        t.abort();
+                    }
+                }
+                if stats_due {
+                    update_stats(&self.shared.store, s);
+                }
+                let actions = s.planner.poll(now);
+                let want_relay =
+                    s.planner.needs_relay(now) && s.relay.is_none() && !s.relay_joining;
+                if want_relay && !self.shared.options.relays.is_empty() {
+                    s.relay_joining = true;
+                }
+                for a in &actions {
+                    if let PathAction::Forget { peer } = a
+                        && let Ok(peer) = peer.parse::<PeerId>()
+                    {
+                        s.present.remove(&peer);
+                        if let Some(l) = s.links.remove(&peer) {
+                            l.recv_task.abort();
+                            l.conn.close();
+                        }
+                    }
+                }
+                (actions, want_relay.then_some((s.room, s.channel)))
+            };
+            for action in actions {
+                match action {
+                    PathAction::Dial { peer, addrs } => {
+                        let voice = self.clone();
+                        tokio::spawn(async move { voice.dial(peer, addrs).await });
+                    }
+                    PathAction::Punch { addrs } => {
+                        for a in addrs {
+                            let _ = self.shared.endpoint.punch(a);
+                        }
+                    }
+                    PathAction::Forget { .. } => {}
+                }
+            }
+            if let Some((room, channel)) = want_relay
+                && !self.shared.options.relays.is_empty()
+            {
+                let voice = self.clone();
+                tokio::spawn(async move { voice.join_relay(room, channel).await });
+            }
+        }
+    }
+
+    async fn dial(&self, peer: String, addrs: Vec<SocketAddr>) {
+        let result = self.dial_any(&peer, &addrs).await;
+        if let Err(e) = result {
+            tracing::debug!(%peer, "voice dial failed: {e:#}");
+            if let Some(s) = lock(&self.shared.session).as_mut() {
+                let now = s.started.elapsed();
+                s.planner.on_disconnected(&peer, now);
+            }
+        }
+    }
+
+    /// Dials every candidate at once and keeps the first connection whose
+    /// handshake the peer welcomes.
+    async fn dial_any(&self, peer: &str, addrs: &[SocketAddr]) -> Result<()> {
+        let expected: PeerId = peer
+            .parse()
+            .map_err(|e| anyhow!("bad PeerId {peer}: {e}"))?;
+        let hello = {
+            let guard = lock(&self.shared.session);
+            let s = guard.as_ref().ok_or_else(|| anyhow!("left the channel"))?;
+            Hello {
+                room: s.room,
+                channel: s.channel,
+                binding: self.shared.binding.clone(),
+                proof: Vec::new(),
+            }
+        };
+        let mut attempts = tokio::task::JoinSet::new();
+        for &addr in addrs {
+            let voice = self.clone();
+            attempts.spawn(async move {
+                tokio::time::timeout(DIAL_TIMEOUT, voice.shared.endpoint.connect(addr, expected))
+                    .await
+                    .map_err(|_| anyhow!("{addr}: no answer in {DIAL_TIMEOUT:?}"))?
+                    .map_err(|e| anyhow!("{addr}: {e}"))
+            });
+        }
+        let mut last_error = anyhow!("no candidate address");
+        while let Some(joined) = attempts.join_next().await {
+            let conn = match joined {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => {
+                    last_error = e;
+                    continue;
+                }
+                Err(e) => {
+                    last_error = anyhow!("dial task failed: {e}");
+                    continue;
+                }
+            };
+            // The first to connect wins; the others are dropped (and so
+            // closed) with the JoinSet.
+            attempts.abort_all();
+            let (mut send, mut recv) = conn.open_control().await?;
+            write_message(&mut send, &Request::Join(hello.clone())).await?;
+            let answer: Answer = tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                read_message(&mut recv, MAX_CONTROL_MESSAGE),
+            )
+            .await
+            .context("the peer did not answer")??;
+            return match answer {
+                Answer::Welcome(w) => {
+                    self.learn_reflexive(w.observed);
+                    let user = lock(&self.shared.session)
+                        .as_ref()
+                        .and_then(|s| s.present.get(&expected).copied())
+                        .ok_or_else(|| anyhow!("{peer} left before the link was up"))?;
+                    self.add_link(conn, user, send);
+                    Ok(())
+                }
+                Answer::Refused(r) => {
+                    conn.close();
+                    Err(anyhow!("{peer} refused: {}", r.reason))
+                }
+                Answer::Observed(_) => {
+                    conn.close();
+                    Err(anyhow!("{peer} answered a join with an address"))
+                }
+            };
+        }
+        Err(last_error)
+    }
+
+    /// A peer told us where it sees us: on a public address, that is as
+    /// good as a relay's observation when we have none.
+    fn learn_reflexive(&self, observed: SocketAddr) {
+        if is_private(observed.ip()) {
+            return;
+        }
+        let mut r = lock(&self.shared.reflexive);
+        if r.is_none() {
+            *r = Some(observed);
+        }
+    }
+
+    /// Asks the relays for our public voice address, now and then: it also
+    /// keeps our NAT's mapping for the voice socket alive.
+    async fn observe_loop(self) {
+        if self.shared.options.relays.is_empty() {
+            return;
+        }
+        loop {
+            for relay in &self.shared.options.relays {
+                match observe_address(&self.shared.endpoint, relay).await {
+                    Ok(addr) => {
+                        let changed = lock(&self.shared.reflexive).replace(addr) != Some(addr);
+                        if changed {
+                            tracing::info!(%addr, "voice socket's public address");
+                            self.announce().await;
+                        }
+                        break;
+                    }
+                    Err(e) => tracing::debug!(relay = %relay.addr, "observe failed: {e}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(20)).await;
+        }
+    }
+
+    async fn join_relay(&self, room: RoomId, channel: ChannelId) {
+        let result = self.join_relay_inner(room, channel).await;
+        {
+            let mut guard = lock(&self.shared.session);
+            if let Some(s) = guard.as_mut() {
+                s.relay_joining = false;
+                match result {
+                    Ok(session) if (s.room, s.channel) == (room, channel) => {
+                        let session = Arc::new(session);
+                        let task = tokio::spawn(receive_relay(
+                            session.clone(),
+                            s.engine.clone(),
+                            s.speakers_allowed.clone(),
+                            s.relay_counters.clone(),
+                            self.shared.received.clone(),
+                            self.shared.refused.clone(),
+                        ));
+                        tracing::info!(relay = %session.connection().remote_addr(), "voice through the relay");
+                        s.relay = Some(session);
+                        s.relay_task = Some(task.abort_handle());
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("cannot use the voice relay: {e:#}"),
+                }
+            }
+        }
+        self.announce().await;
+    }
+
+    async fn join_relay_inner(&self, room: RoomId, channel: ChannelId) -> Result<RelaySession> {
+        let proof = self
+            .shared
+            .store
+            .membership_proof(&room, &self.user(), &channel, MAX_PROOF_RECORDS)
+            .context("cannot prove membership to the relay")?;
+        let hello = Hello {
+            room,
+            channel,
+            binding: self.shared.binding.clone(),
+            proof,
+        };
+        let mut last = anyhow!("no voice relay configured");
+        for relay in &self.shared.options.relays {
+            match RelaySession::join(&self.shared.endpoint, relay, hello.clone()).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = anyhow!("{}: {e}", relay.addr),
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Recomputes who may speak, and each link's loss and bitrate; feeds the
+/// worst loss back to the encoder.
+fn update_stats(store: &Store, s: &mut Session) {
+    refresh_permissions(store, s);
+    let mut worst_loss: f64 = 0.0;
+    for link in s.links.values_mut() {
+        let stats = link.conn.stats();
+        let sent = stats.path.sent_packets;
+        let lost = stats.path.lost_packets;
+        let d_sent = sent.saturating_sub(link.last_sent_packets);
+        let d_lost = lost.saturating_sub(link.last_lost_packets);
+        link.last_sent_packets = sent;
+        link.last_lost_packets = lost;
+        link.loss = if d_sent == 0 {
+            0.0
+        } else {
+            d_lost as f64 / d_sent as f64
+        };
+        let bytes = link.counters.bytes.load(Ordering::Relaxed);
+        link.bitrate_kbps =
+            bytes.saturating_sub(link.last_bytes) as f64 * 8.0 / 1000.0 / STATS_EVERY.as_secs_f64();
+        link.last_bytes = bytes;
+        worst_loss = worst_loss.max(link.loss);
+    }
+    s.engine
+        .set_expected_loss((worst_loss * 100.0).round().clamp(0.0, 100.0) as u8);
+}
+
+fn refresh_permissions(store: &Store, s: &mut Session) {
+    let (room, channel) = (s.room, s.channel);
+    let Ok(Some(view)) = store.room(&room) else {
+        return;
+    };
+    let Ok(Some(ch)) = store.channel(&room, &channel) else {
+        return;
+    };
+    let Ok(members) = store.members(&room) else {
+        return;
+    };
+    let allowed: HashMap<UserId, bool> = members
+        .iter()
+        .map(|m| {
+            (
+                m.user,
+                allows(
+                    &ch.channel.permissions,
+                    Action::Speak,
+                    &m.user,
+                    &view.owner,
+                    m.membership,
+                ),
+            )
+        })
+        .collect();
+    *lock(&s.speakers_allowed) = allowed;
+}
+
+fn packet_of(d: &VoiceDatagramRef<'_>) -> VoicePacket {
+    VoicePacket {
+        sequence: d.sequence,
+        timestamp: d.timestamp,
+        payload: d.payload.to_vec(),
+        redundant: d.redundant.map(<[u8]>::to_vec),
+    }
+}
+
+/// Receives a direct link's frames: each is from the link's user (speaker
+/// index 0), checked against the channel's speak permission.
+#[allow(clippy::too_many_arguments)]
+async fn receive(
+    conn: VoiceConnection,
+    user: UserId,
+    engine: Arc<Engine<UserId>>,
+    allowed: Arc<Mutex<HashMap<UserId, bool>>>,
+    counters: Arc<LinkCounters>,
+    received: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+    _control: quinn::SendStream,
+) {
+    let mut jitter = JitterEstimator::default();
+    while let Ok(bytes) = conn.recv_bytes().await {
+        let arrived = Instant::now();
+        counters
+            .bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let Ok(d) = VoiceDatagramRef::parse(&bytes) else {
+            refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        if d.speaker != 0 || d.channel != 0 {
+            refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let j = jitter.on_frame(arrived, d.timestamp);
+        counters.jitter_us.store(j as u64, Ordering::Relaxed);
+        if !lock(&allowed).get(&user).copied().unwrap_or(false) {
+            counters.forbidden.fetch_add(1, Ordering::Relaxed);
+            refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        counters.frames.fetch_add(1, Ordering::Relaxed);
+        received.fetch_add(1, Ordering::Relaxed);
+        engine.push(user, packet_of(&d), arrived);
+    }
+}
+
+/// Receives the relay's frames: the speaker index names the user through
+/// the relay's table.
+async fn receive_relay(
+    relay: Arc<RelaySession>,
+    engine: Arc<Engine<UserId>>,
+    allowed: Arc<Mutex<HashMap<UserId, bool>>>,
+    counters: Arc<LinkCounters>,
+    received: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+) {
+    let mut jitter: HashMap<u16, JitterEstimator> = HashMap::new();
+    while let Ok(bytes) = relay.recv().await {
+        let arrived = Instant::now();
+        counters
+            .bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let Ok(d) = VoiceDatagramRef::parse(&bytes) else {
+            refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let Some(user) = relay.user_of(d.speaker) else {
+            refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        if jitter.len() < 256 || jitter.contains_key(&d.speaker) {
+            let j = jitter
+                .entry(d.speaker)
+                .or_default()
+                .on_frame(arrived, d.timestamp);
+            counters.jitter_us.store(j as u64, Ordering::Relaxed);
+        }
+        if !lock(&allowed).get(&user).copied().unwrap_or(false) {
+            counters.forbidden.fetch_add(1, Ordering::Relaxed);
+            refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        counters.frames.fetch_add(1, Ordering::Relaxed);
+        received.fetch_add(1, Ordering::Relaxed);
+        engine.push(user, packet_of(&d), arrived);
+    }
+}
