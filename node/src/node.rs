@@ -4,26 +4,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 use tincan_core::keystore::{Identity, KdfParams, SealedIdentity};
-use tincan_core::{Hlc, HlcClock, NodeKey, RoomId, SignedRecord, UserKey};
+use tincan_core::{Hlc, NodeKey, RoomId, SignedRecord, UserKey};
+use tincan_store::clock::StoreClock;
+pub use tincan_store::clock::wall_ms;
 use tincan_store::datadir::DataDir;
 use tincan_store::{Applied, ApplyError, Store, StoreConfig};
-
-/// How far ahead of our wall clock a record's time may pull our clock.
-/// Without a cap one peer with a clock set to next year would drag every
-/// later write of ours there.
-const MAX_CLOCK_PULL_MS: u64 = 5 * 60 * 1000;
-
-/// Milliseconds since the Unix epoch.
-pub fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// The default data directory: `$XDG_DATA_HOME/tincan` (usually
 /// `~/.local/share/tincan`).
@@ -81,7 +69,7 @@ pub struct Node {
     pub store: Arc<Store>,
     /// The mesh, while `tincan up` runs.
     pub mesh: Option<MeshLink>,
-    clock: HlcClock,
+    clock: Arc<StoreClock>,
 }
 
 impl Node {
@@ -101,7 +89,7 @@ impl Node {
             identity,
             store,
             mesh: None,
-            clock: HlcClock::new(),
+            clock: Arc::new(StoreClock::new()),
         })
     }
 
@@ -112,11 +100,13 @@ impl Node {
 
     /// A timestamp after everything this node has written or stored.
     pub fn now(&mut self) -> Result<Hlc> {
-        let wall = wall_ms();
-        let seen = self.store.hlc_high()?;
-        let cap = Hlc::new(wall + MAX_CLOCK_PULL_MS, 0);
-        self.clock.observe(seen.min(cap));
-        Ok(self.clock.now(wall))
+        Ok(self.clock.now(&self.store)?)
+    }
+
+    /// The write clock, to share with other local writers (the local API)
+    /// so that their records and ours order after each other.
+    pub fn clock(&self) -> Arc<StoreClock> {
+        self.clock.clone()
     }
 
     /// Applies a record we signed and, when the mesh runs, gossips it; a
@@ -134,13 +124,7 @@ impl Node {
         {
             // Stored is what matters; if no peer hears it now, catch-up
             // sync hands it over later.
-            match link.runtime.block_on(link.mesh.publish(record)) {
-                Ok(true) => {}
-                Ok(false) => tracing::debug!("no peer in the room right now; sync will deliver it"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not gossip a record; sync will deliver it")
-                }
-            }
+            link.runtime.block_on(link.mesh.gossip_own(record));
         }
         Ok(applied)
     }

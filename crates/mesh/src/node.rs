@@ -348,6 +348,17 @@ impl Mesh {
         self.publish_unchecked(topic, bytes).await
     }
 
+    /// Gossips a record the local user wrote and already applied. Stored is
+    /// what matters: if no peer hears it now, catch-up sync hands it over
+    /// later, so a failure here is only logged.
+    pub async fn gossip_own(&self, record: SignedRecord) {
+        match self.publish(record).await {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!("no peer in the room right now; sync will deliver it"),
+            Err(e) => tracing::warn!(error = %e, "could not gossip a record; sync will deliver it"),
+        }
+    }
+
     /// Gossips bytes on a topic without any check, as they are. A node
     /// never needs this: it exists so tests can play a faulty or hostile
     /// peer.

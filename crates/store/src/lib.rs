@@ -19,6 +19,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod apply;
+pub mod clock;
 pub mod datadir;
 mod error;
 mod keys;
