@@ -98,6 +98,12 @@ pub enum Command {
         /// Speaker: default, null, wav:PATH (records what would be played), or a device name
         #[arg(long, default_value = "default")]
         output: String,
+        /// Port of the local API (Parse REST and LiveQuery, GraphQL, /v1; 0: any free port)
+        #[arg(long, env = "TINCAN_API_PORT", default_value_t = 1337)]
+        api_port: u16,
+        /// Address of the local API; anything but loopback exposes it to the network
+        #[arg(long, default_value = "127.0.0.1")]
+        api_listen: std::net::IpAddr,
         /// A voice relay, IP:PORT/PEERID (repeatable): for the public address of the voice socket and as the fallback path
         #[arg(
             long = "voice-relay",
@@ -514,6 +520,8 @@ pub(crate) fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
             input,
             output,
             voice_relays,
+            api_port,
+            api_listen,
         } => {
             let voice = crate::voice::VoiceOptions {
                 listen: voice_listen,
@@ -533,6 +541,8 @@ pub(crate) fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
                 advertise_listen_addrs,
                 external,
                 voice,
+                api_listen: Some(api_listen),
+                api_port,
             };
             up(ctx, username, once, options)
         }

@@ -35,6 +35,10 @@ pub struct UpOptions {
     pub external: Vec<String>,
     /// The voice plane's socket, devices and relays.
     pub voice: crate::voice::VoiceOptions,
+    /// Address of the local API (None: 127.0.0.1).
+    pub api_listen: Option<std::net::IpAddr>,
+    /// Port of the local API (0: any free port).
+    pub api_port: u16,
 }
 
 fn multiaddrs(what: &str, list: &[String]) -> Result<Vec<tincan_mesh::Multiaddr>> {
@@ -132,6 +136,22 @@ async fn serve(mut node: Node, options: UpOptions) -> Result<()> {
     tracing::info!(%addr, "control endpoint listening");
     eprintln!("Node running; control endpoint {addr}. Ctrl-C to stop.");
 
+    // The local API (crates/api): Parse REST and LiveQuery, GraphQL, /v1.
+    let api_ip = options
+        .api_listen
+        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    let api_listener = TcpListener::bind((api_ip, options.api_port)).await.with_context(|| {
+        format!("cannot listen on {api_ip}:{} for the local API (is another node using it?): pass --api-port, 0 for any free port", options.api_port)
+    })?;
+    let api_addr = api_listener.local_addr()?;
+    let api_state = tincan_api::ApiState::builder(node.store.clone(), dir.clone(), &node.identity)
+        .mesh(mesh.clone())
+        .clock(node.clock())
+        .build()?;
+    let api = tokio::spawn(tincan_api::serve(api_listener, api_state));
+    tracing::info!(%api_addr, "local API listening");
+    eprintln!("Local API on http://{api_addr} (Parse serverURL http://{api_addr}/parse)");
+
     let node = Arc::new(Mutex::new(Some(node)));
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
     let token = Arc::new(control.token);
@@ -160,6 +180,7 @@ async fn serve(mut node: Node, options: UpOptions) -> Result<()> {
         }
     }
     eprintln!("Stopping.");
+    api.abort();
     let _ = std::fs::remove_file(&path);
     // Wait for requests in flight, stop the mesh, then close the store.
     let _ = slots.acquire_many(MAX_CONCURRENT_REQUESTS as u32).await;

@@ -17,14 +17,16 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// `tincan up` on loopback only, without mDNS: what tests run outside the
-/// network namespaces they create.
+/// `tincan up` on loopback only, without mDNS, its local API on any free
+/// port: what tests run outside the network namespaces they create.
 pub const LOOPBACK_UP: &[&str] = &[
     "up",
     "--no-mdns",
     "--listen",
     "/ip4/127.0.0.1/tcp/0",
     "--advertise-listen-addrs",
+    "--api-port",
+    "0",
 ];
 
 /// A running `tincan up` whose stderr is read line by line as it comes.
@@ -102,6 +104,16 @@ impl RunningNode {
             .nth(1)
             .expect("address")
             .trim()
+            .to_owned()
+    }
+
+    /// The base URL of its local API, `http://127.0.0.1:PORT`.
+    pub fn api_url(&mut self) -> String {
+        let line = self.wait_for_line("Local API on ", std::time::Duration::from_secs(30));
+        line.split("Local API on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("API address")
             .to_owned()
     }
 

@@ -1,0 +1,249 @@
+//! tincan's local HTTP API, for apps and games on the same machine.
+//!
+//! - `/parse`: the Parse REST dialect for the classes `_User`, `Room`,
+//!   `Channel` and `RoomLog`, so apps built on the Parse SDKs work with
+//!   `serverURL` pointed at the node; LiveQuery on the same path over a
+//!   WebSocket (what the Parse SDKs open by default).
+//! - `/graphql`: the same model in GraphQL, with subscriptions over a
+//!   WebSocket, and a GraphiQL page.
+//! - `/v1`: our own node status, mesh peers and voice controls.
+//! - `/openapi.json`: the OpenAPI document of `/parse` and `/v1`.
+//!
+//! A write becomes a record signed by the logged-in user's key, applied to
+//! the store (which checks the rules: what they forbid fails with 119 and
+//! changes nothing) and gossiped. Wiring, from `node/`:
+//!
+//! ```no_run
+//! # async fn wire(store: std::sync::Arc<tincan_store::Store>, dir: tincan_store::datadir::DataDir,
+//! #               identity: &tincan_core::keystore::Identity) -> Result<(), Box<dyn std::error::Error>> {
+//! let listener = tokio::net::TcpListener::bind(("127.0.0.1", 1337)).await?;
+//! let state = tincan_api::ApiState::builder(store, dir, identity).build()?;
+//! tokio::spawn(tincan_api::serve(listener, state));
+//! # Ok(()) }
+//! ```
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod accounts;
+pub mod error;
+mod graphql;
+mod livequery;
+pub mod model;
+mod openapi;
+mod ops;
+pub mod query;
+mod rest;
+mod v1;
+pub mod voice;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::{HeaderName, HeaderValue, Method};
+use tincan_core::keystore::{Identity, KdfParams};
+use tincan_store::Store;
+use tincan_store::clock::StoreClock;
+use tincan_store::datadir::DataDir;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use accounts::{Session, SessionLimits};
+pub use error::ParseError;
+pub use voice::{Devices, LinkStats, Participant, VoiceControl, VoiceEvent, VoiceStatus};
+
+/// Tuning of the API.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Key derivation for accounts made by sign-up.
+    pub kdf: KdfParams,
+    /// Sessions and rate limits.
+    pub limits: SessionLimits,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// How long joining an unknown room waits for it to arrive from peers.
+    pub room_fetch_timeout: Duration,
+    /// Origins allowed by CORS besides the node's own (`http://127.0.0.1:PORT`
+    /// and `http://localhost:PORT`, where the web UI is served).
+    pub extra_origins: Vec<String>,
+    /// Most LiveQuery and GraphQL WebSocket connections at once.
+    pub max_websockets: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            kdf: KdfParams::RECOMMENDED,
+            limits: SessionLimits::default(),
+            max_body_bytes: 64 * 1024,
+            room_fetch_timeout: Duration::from_secs(15),
+            extra_origins: Vec::new(),
+            max_websockets: 256,
+        }
+    }
+}
+
+/// Why the API state could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The accounts file could not be read.
+    #[error("{0}")]
+    Accounts(String),
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<Store>,
+    pub(crate) mesh: Option<tincan_mesh::Mesh>,
+    pub(crate) accounts: accounts::Accounts,
+    pub(crate) clock: Arc<StoreClock>,
+    pub(crate) voice: Option<Arc<dyn VoiceControl>>,
+    pub(crate) config: ApiConfig,
+    pub(crate) started: Instant,
+    pub(crate) websockets: Arc<tokio::sync::Semaphore>,
+    pub(crate) next_client: std::sync::atomic::AtomicU64,
+}
+
+/// Everything the API serves from. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("store", &self.inner.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`ApiState`].
+pub struct ApiStateBuilder<'a> {
+    store: Arc<Store>,
+    dir: DataDir,
+    identity: &'a Identity,
+    mesh: Option<tincan_mesh::Mesh>,
+    clock: Option<Arc<StoreClock>>,
+    voice: Option<Arc<dyn VoiceControl>>,
+    config: ApiConfig,
+}
+
+impl<'a> ApiStateBuilder<'a> {
+    /// Gossips writes and follows rooms through this mesh.
+    pub fn mesh(mut self, mesh: tincan_mesh::Mesh) -> Self {
+        self.mesh = Some(mesh);
+        self
+    }
+
+    /// Shares the node's write clock (`Node::clock`), so records written
+    /// through the API and the CLI order after each other.
+    pub fn clock(mut self, clock: Arc<StoreClock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Plugs in the voice session; without one `/v1/voice` answers 503.
+    pub fn voice(mut self, voice: Arc<dyn VoiceControl>) -> Self {
+        self.voice = Some(voice);
+        self
+    }
+
+    /// Replaces the default configuration.
+    pub fn config(mut self, config: ApiConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Loads the accounts and makes the state.
+    pub fn build(self) -> Result<ApiState, BuildError> {
+        let accounts = accounts::Accounts::open(
+            self.dir,
+            self.identity,
+            self.config.kdf,
+            self.config.limits.clone(),
+        )
+        .map_err(BuildError::Accounts)?;
+        Ok(ApiState {
+            inner: Arc::new(Inner {
+                store: self.store,
+                mesh: self.mesh,
+                accounts,
+                clock: self.clock.unwrap_or_default(),
+                voice: self.voice,
+                websockets: Arc::new(tokio::sync::Semaphore::new(self.config.max_websockets)),
+                config: self.config,
+                started: Instant::now(),
+                next_client: std::sync::atomic::AtomicU64::new(1),
+            }),
+        })
+    }
+}
+
+impl ApiState {
+    /// Starts building the state for the node whose store is `store`, data
+    /// directory `dir` and unlocked identity `identity` (its username and
+    /// password log in through the API too).
+    pub fn builder(store: Arc<Store>, dir: DataDir, identity: &Identity) -> ApiStateBuilder<'_> {
+        ApiStateBuilder {
+            store,
+            dir,
+            identity,
+            mesh: None,
+            clock: None,
+            voice: None,
+            config: ApiConfig::default(),
+        }
+    }
+}
+
+/// The router, for a node reached at `local` (its own origin passes CORS).
+pub fn router(state: ApiState, local: SocketAddr) -> Router {
+    let port = local.port();
+    let mut origins: Vec<HeaderValue> = [
+        format!("http://127.0.0.1:{port}"),
+        format!("http://localhost:{port}"),
+    ]
+    .into_iter()
+    .chain(state.inner.config.extra_origins.iter().cloned())
+    .filter_map(|o| HeaderValue::from_str(&o).ok())
+    .collect();
+    if !local.ip().is_loopback() && !local.ip().is_unspecified() {
+        origins.extend(HeaderValue::from_str(&format!("http://{local}")).ok());
+    }
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+        .allow_headers([
+            HeaderName::from_static("content-type"),
+            HeaderName::from_static("x-parse-application-id"),
+            HeaderName::from_static("x-parse-session-token"),
+            HeaderName::from_static("x-parse-javascript-key"),
+            HeaderName::from_static("x-parse-client-version"),
+            HeaderName::from_static("x-parse-installation-id"),
+            HeaderName::from_static("x-parse-revocable-session"),
+        ]);
+    Router::new()
+        .merge(rest::routes())
+        .merge(graphql::routes(&state))
+        .merge(v1::routes())
+        .merge(openapi::routes())
+        .fallback(rest::not_found)
+        .layer(cors)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            rest::panic_response,
+        ))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until the future is dropped (or the
+/// listener fails). Follows the rooms of every local account first.
+pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    state.follow_local_rooms().await;
+    let app = router(state, local);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+}

@@ -1,0 +1,781 @@
+//! What the API does, whatever the dialect (Parse REST, LiveQuery, GraphQL):
+//! reads with the read rule applied, and writes as records signed by the
+//! session's user, applied to the store and gossiped.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+use tincan_core::{
+    Body, ChannelId, Hlc, JoinPolicy, MemberRole, MemberState, RoomId, RoomSettings, RuleError,
+    SignedRecord, UserId, make, permissions,
+};
+use tincan_store::{Applied, ApplyError, RoomView};
+
+use crate::ApiState;
+use crate::accounts::Session;
+use crate::error::{ApiResult, ParseError, code};
+use crate::model::{self, Class};
+use crate::query::{FindOptions, project};
+
+/// Most log entries one query scans.
+const MAX_LOG_SCAN: usize = 100_000;
+
+fn rule_error(e: RuleError) -> ParseError {
+    match e {
+        RuleError::InvalidField { .. } => ParseError::new(code::VALIDATION_ERROR, e.to_string()),
+        other => ParseError::forbidden(format!(
+            "refused by the rules: {other}; nothing was changed"
+        )),
+    }
+}
+
+fn sign_error(e: tincan_core::SignError) -> ParseError {
+    ParseError::new(
+        code::VALIDATION_ERROR,
+        format!("cannot make that record: {e}"),
+    )
+}
+
+/// The fields of a write, without the SDK's envelope (`_method`,
+/// `_SessionToken` ...) and without what a client may send but not set
+/// (`objectId`, dates, `ACL`: signatures take the place of ACLs).
+pub(crate) fn write_fields(
+    class: Class,
+    body: &Map<String, Value>,
+) -> ApiResult<Map<String, Value>> {
+    let mut out = Map::new();
+    for (k, v) in body {
+        if k.starts_with('_')
+            || matches!(
+                k.as_str(),
+                "ACL" | "objectId" | "createdAt" | "updatedAt" | "className"
+            )
+        {
+            continue;
+        }
+        if !class.writable_fields().contains(&k.as_str()) {
+            return Err(ParseError::new(
+                code::INVALID_KEY_NAME,
+                format!(
+                    "{} has no field {k:?} a client can set: its fields are {}",
+                    class.name(),
+                    class.writable_fields().join(", ")
+                ),
+            ));
+        }
+        out.insert(k.clone(), v.clone());
+    }
+    Ok(out)
+}
+
+fn string_field(
+    fields: &Map<String, Value>,
+    name: &str,
+    class: Class,
+) -> ApiResult<Option<String>> {
+    match fields.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ParseError::incorrect_type(format!(
+            "{}.{name} must be a string",
+            class.name()
+        ))),
+    }
+}
+
+fn is_delete_op(v: &Value) -> bool {
+    v.get("__op").and_then(Value::as_str) == Some("Delete")
+}
+
+impl ApiState {
+    /// Applies a record signed for a local user and gossips it. A refusal by
+    /// the rules is 119 (142 for a bad value) and changes nothing.
+    pub(crate) async fn write(&self, record: SignedRecord) -> ApiResult<Applied> {
+        let store = self.inner.store.clone();
+        let copy = record.clone();
+        let applied = tokio::task::spawn_blocking(move || store.apply(copy))
+            .await
+            .map_err(ParseError::internal)?;
+        let applied = match applied {
+            Ok(a) => a,
+            Err(ApplyError::Rejected(e)) => return Err(rule_error(e)),
+            Err(ApplyError::Decode(e)) => return Err(ParseError::internal(e)),
+            Err(e) => return Err(ParseError::internal(e)),
+        };
+        if let (Some(mesh), Applied::Stored | Applied::StoredHidden(_)) =
+            (&self.inner.mesh, &applied)
+        {
+            mesh.gossip_own(record).await;
+        }
+        Ok(applied)
+    }
+
+    /// A timestamp for a new record.
+    pub(crate) fn now(&self) -> ApiResult<Hlc> {
+        Ok(self.inner.clock.now(&self.inner.store)?)
+    }
+
+    /// Follows a room's gossip and sync, when the mesh runs.
+    pub(crate) async fn follow(&self, room: RoomId) {
+        if let Some(mesh) = &self.inner.mesh
+            && let Err(e) = mesh.subscribe_room(room).await
+        {
+            tracing::warn!(%room, error = %e, "cannot follow the room on the mesh");
+        }
+    }
+
+    /// The room, fetched from peers first when this node has not seen it
+    /// (follows it and waits for catch-up sync, bounded).
+    pub(crate) async fn fetch_room(&self, id: RoomId) -> ApiResult<RoomView> {
+        if let Some(r) = self.inner.store.room(&id)? {
+            return Ok(r);
+        }
+        if self.inner.mesh.is_none() {
+            return Err(ParseError::not_found(format!("no Room {id} on this node")));
+        }
+        self.follow(id).await;
+        let deadline = Instant::now() + self.inner.config.room_fetch_timeout;
+        while Instant::now() < deadline {
+            if let Some(r) = self.inner.store.room(&id)? {
+                return Ok(r);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(ParseError::not_found(format!(
+            "Room {id} did not arrive from any peer within {} s: check the node's peers (GET /v1/peers), or that its owner's node is up",
+            self.inner.config.room_fetch_timeout.as_secs()
+        )))
+    }
+
+    /// A visible room, or 101.
+    fn readable_room(&self, id: &RoomId, user: &UserId) -> ApiResult<RoomView> {
+        let store = &self.inner.store;
+        match store.room(id)? {
+            Some(r) if model::can_read_room(store, &r, user)? => Ok(r),
+            _ => Err(ParseError::not_found(format!(
+                "no Room {id} visible to you on this node"
+            ))),
+        }
+    }
+
+    /// One object as `user` may see it, or None.
+    pub(crate) fn object(&self, class: Class, id: &str, user: &UserId) -> ApiResult<Option<Value>> {
+        let store = &self.inner.store;
+        Ok(match class {
+            Class::User => {
+                let Ok(u) = UserId::from_hex(id) else {
+                    return Ok(None);
+                };
+                store.profile(&u)?.map(|p| self.user_object(&p, user))
+            }
+            Class::Room => {
+                let Ok(r) = RoomId::from_hex(id) else {
+                    return Ok(None);
+                };
+                model::room_by_id(store, &r)?
+            }
+            Class::Channel => {
+                let Ok(c) = ChannelId::from_hex(id) else {
+                    return Ok(None);
+                };
+                model::find_channel(store, &c, user)?.map(|(_, c)| model::channel_json(&c))
+            }
+            Class::RoomLog => {
+                let Ok(r) = tincan_core::RecordId::from_hex(id) else {
+                    return Ok(None);
+                };
+                model::find_log(store, &r, user)?.map(|e| model::log_json(&e))
+            }
+        })
+    }
+
+    /// A user's JSON; their own also shows their e-mail.
+    pub(crate) fn user_object(&self, p: &tincan_store::ProfileView, viewer: &UserId) -> Value {
+        let mut v = model::user_json(p);
+        if p.profile.user == *viewer
+            && let (Some(email), Value::Object(o)) = (self.inner.accounts.email(viewer), &mut v)
+        {
+            o.insert("email".into(), Value::String(email));
+        }
+        v
+    }
+
+    /// Every object of `class` that `user` may see and that could match
+    /// `opts` (narrowed by a `room` equality when there is one).
+    pub(crate) fn candidates(
+        &self,
+        class: Class,
+        opts: &FindOptions,
+        user: &UserId,
+    ) -> ApiResult<Vec<Value>> {
+        let store = &self.inner.store;
+        let rooms_to_scan = |field: &str| -> ApiResult<Vec<RoomView>> {
+            match opts.filter.equal_id(field) {
+                Some(id) => match RoomId::from_hex(&id) {
+                    Ok(rid) => Ok(store.room(&rid)?.into_iter().collect()),
+                    Err(_) => Ok(Vec::new()),
+                },
+                None => Ok(store.rooms()?),
+            }
+        };
+        let mut out = Vec::new();
+        match class {
+            Class::User => {
+                for p in store.profiles()? {
+                    out.push(self.user_object(&p, user));
+                }
+            }
+            Class::Room => {
+                for r in store.rooms()? {
+                    let members = store.members(&r.id)?;
+                    out.push(model::room_json(&r, &members));
+                }
+            }
+            Class::Channel => {
+                for r in rooms_to_scan("room")? {
+                    if !model::can_read_room(store, &r, user)? {
+                        continue;
+                    }
+                    for c in store.channels(&r.id)? {
+                        out.push(model::channel_json(&c));
+                    }
+                }
+            }
+            Class::RoomLog => {
+                let mut scanned = 0usize;
+                'rooms: for r in rooms_to_scan("room")? {
+                    if !model::can_read_room(store, &r, user)? {
+                        continue;
+                    }
+                    let mut after = None;
+                    loop {
+                        let page = store.log(&r.id, Hlc::ZERO, Hlc::MAX, after, 1000)?;
+                        for e in &page.entries {
+                            out.push(model::log_json(e));
+                        }
+                        scanned += page.entries.len();
+                        if scanned >= MAX_LOG_SCAN {
+                            break 'rooms;
+                        }
+                        match page.next {
+                            Some(n) if !page.entries.is_empty() => after = Some(n),
+                            _ => break,
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces pointer fields named in `include` by the objects they point at.
+    pub(crate) fn include(
+        &self,
+        object: &mut Value,
+        include: &[String],
+        user: &UserId,
+    ) -> ApiResult<()> {
+        for field in include {
+            let field = field.split('.').next().unwrap_or(field);
+            let Some(Value::Object(ptr)) = object.get(field) else {
+                continue;
+            };
+            if ptr.get("__type").and_then(Value::as_str) != Some("Pointer") {
+                continue;
+            }
+            let (Some(class), Some(id)) = (
+                ptr.get("className").and_then(Value::as_str),
+                ptr.get("objectId").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            let Ok(class) = Class::from_name(class) else {
+                continue;
+            };
+            if let Some(Value::Object(mut full)) = self.object(class, id, user)? {
+                full.insert("__type".into(), Value::String("Object".into()));
+                full.insert("className".into(), Value::String(class.name().into()));
+                if let Value::Object(o) = object {
+                    o.insert(field.to_owned(), Value::Object(full));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A query: the page and the total count of matches.
+    pub(crate) fn find(
+        &self,
+        class: Class,
+        opts: &FindOptions,
+        user: &UserId,
+    ) -> ApiResult<(Vec<Value>, usize)> {
+        let candidates = self.candidates(class, opts, user)?;
+        let (mut page, total) = opts.run(candidates);
+        for o in &mut page {
+            self.include(o, &opts.include, user)?;
+            if let Some(keys) = &opts.keys {
+                project(o, keys);
+            }
+        }
+        Ok((page, total))
+    }
+
+    /// `GET /classes/X/id`.
+    pub(crate) fn get(
+        &self,
+        class: Class,
+        id: &str,
+        opts: &FindOptions,
+        user: &UserId,
+    ) -> ApiResult<Value> {
+        let mut o = self.object(class, id, user)?.ok_or_else(|| {
+            ParseError::not_found(format!(
+                "no {} {id:?} visible to you on this node",
+                class.name()
+            ))
+        })?;
+        self.include(&mut o, &opts.include, user)?;
+        if let Some(keys) = &opts.keys {
+            project(&mut o, keys);
+        }
+        Ok(o)
+    }
+
+    /// Creates an object; returns `{objectId, createdAt}`.
+    pub(crate) async fn create(
+        &self,
+        s: &Session,
+        class: Class,
+        body: &Map<String, Value>,
+    ) -> ApiResult<Value> {
+        let fields = write_fields(class, body)?;
+        let key = &s.key;
+        let (id, hlc) = match class {
+            Class::User => {
+                return Err(ParseError::forbidden(
+                    "users are made by sign-up: POST /parse/users with a username and a password",
+                ));
+            }
+            Class::Room => {
+                let title = string_field(&fields, "title", class)?.ok_or_else(|| {
+                    ParseError::new(code::VALIDATION_ERROR, "a Room needs a title")
+                })?;
+                if fields.contains_key("members") {
+                    return Err(ParseError::new(
+                        code::VALIDATION_ERROR,
+                        "a new Room's members are its owner: add members after creating it",
+                    ));
+                }
+                let settings = room_settings(&fields, RoomSettings::default())?;
+                let mut nonce = [0u8; 16];
+                getrandom::fill(&mut nonce)
+                    .map_err(|e| ParseError::internal(format!("no randomness: {e}")))?;
+                let hlc = self.now()?;
+                let (id, rec) =
+                    make::room(key, hlc, nonce, &title, settings).map_err(sign_error)?;
+                self.write(rec).await?;
+                self.follow(id).await;
+                (id.to_hex(), hlc)
+            }
+            Class::Channel => {
+                let room_ptr = fields.get("room").ok_or_else(|| {
+                    ParseError::new(
+                        code::VALIDATION_ERROR,
+                        "a Channel needs a room (a pointer to a Room)",
+                    )
+                })?;
+                let room = model::room_id(&model::read_pointer(room_ptr, Class::Room, "room")?)?;
+                let r = self.readable_room(&room, &s.user)?;
+                let name = string_field(&fields, "name", class)?.ok_or_else(|| {
+                    ParseError::new(code::VALIDATION_ERROR, "a Channel needs a name")
+                })?;
+                let description = string_field(&fields, "description", class)?.unwrap_or_default();
+                let perms = match fields.get("permissions") {
+                    Some(v) => permission_list(v)?,
+                    None => permissions::default_permissions(),
+                };
+                let id = ChannelId::random().map_err(ParseError::internal)?;
+                let hlc = self.now()?;
+                let rec = make::channel(key, hlc, r.id, id, &name, &description, perms)
+                    .map_err(sign_error)?;
+                self.write(rec).await?;
+                (id.to_hex(), hlc)
+            }
+            Class::RoomLog => {
+                let room_ptr = fields.get("room").ok_or_else(|| {
+                    ParseError::new(
+                        code::VALIDATION_ERROR,
+                        "a RoomLog needs a room (a pointer to a Room)",
+                    )
+                })?;
+                let room = model::room_id(&model::read_pointer(room_ptr, Class::Room, "room")?)?;
+                let r = self.readable_room(&room, &s.user)?;
+                let action = string_field(&fields, "action", class)?.ok_or_else(|| {
+                    ParseError::new(
+                        code::VALIDATION_ERROR,
+                        "a RoomLog needs an action (a string)",
+                    )
+                })?;
+                // Refuse here rather than store an entry nobody will see.
+                if r.owner != s.user && !self.inner.store.membership(&r.id, &s.user)?.is_member() {
+                    return Err(ParseError::forbidden(format!(
+                        "you are not a member of room {}: join it first (add yourself to its members), then write its log",
+                        r.id
+                    )));
+                }
+                let hlc = self.now()?;
+                let rec = make::log(key, hlc, r.id, &action).map_err(sign_error)?;
+                let id = rec.id();
+                self.write(rec).await?;
+                (id.to_hex(), hlc)
+            }
+        };
+        Ok(json!({"objectId": id, "createdAt": model::iso_date(hlc.physical_ms())}))
+    }
+
+    /// Updates an object; returns `{updatedAt}`.
+    pub(crate) async fn update(
+        &self,
+        s: &Session,
+        class: Class,
+        id: &str,
+        body: &Map<String, Value>,
+    ) -> ApiResult<Value> {
+        let fields = write_fields(class, body)?;
+        let key = &s.key;
+        let store = &self.inner.store;
+        let mut last = None;
+        match class {
+            Class::User => return self.update_user(s, id, &fields).await,
+            Class::Room => {
+                let rid = model::room_id(id)?;
+                let r = if fields.contains_key("members") {
+                    self.fetch_room(rid).await?
+                } else {
+                    store.room(&rid)?.ok_or_else(|| {
+                        ParseError::not_found(format!("no Room {id} on this node"))
+                    })?
+                };
+                let changes_room = fields.keys().any(|k| k != "members");
+                if changes_room {
+                    if r.owner != s.user {
+                        return Err(ParseError::forbidden(format!(
+                            "only the owner of room {} may change its title or settings; nothing was changed",
+                            r.id
+                        )));
+                    }
+                    let mut room = r.room.clone();
+                    if let Some(t) = string_field(&fields, "title", class)? {
+                        room.title = t;
+                    }
+                    room.settings = room_settings(&fields, room.settings)?;
+                    let hlc = self.now()?;
+                    let (_, rec) = make::room(key, hlc, room.nonce, &room.title, room.settings)
+                        .map_err(sign_error)?;
+                    self.write(rec).await?;
+                    last = Some(hlc);
+                }
+                if let Some(op) = fields.get("members") {
+                    last = Some(self.members_op(s, &r, op).await?.unwrap_or(self.now()?));
+                }
+            }
+            Class::Channel => {
+                let cid = model::channel_id(id)?;
+                let (r, c) = model::find_channel(store, &cid, &s.user)?.ok_or_else(|| {
+                    ParseError::not_found(format!("no Channel {id} visible to you on this node"))
+                })?;
+                if let Some(room) = fields.get("room")
+                    && model::read_pointer(room, Class::Room, "room")? != r.id.to_hex()
+                {
+                    return Err(ParseError::new(
+                        code::VALIDATION_ERROR,
+                        "a Channel cannot move to another room",
+                    ));
+                }
+                let mut ch = c.channel.clone();
+                if let Some(n) = string_field(&fields, "name", class)? {
+                    ch.name = n;
+                }
+                if let Some(d) = string_field(&fields, "description", class)? {
+                    ch.description = d;
+                }
+                if let Some(p) = fields.get("permissions") {
+                    ch.permissions = permission_list(p)?;
+                }
+                let hlc = self.now()?;
+                let rec = make::channel(
+                    key,
+                    hlc,
+                    r.id,
+                    ch.id,
+                    &ch.name,
+                    &ch.description,
+                    ch.permissions,
+                )
+                .map_err(sign_error)?;
+                self.write(rec).await?;
+                last = Some(hlc);
+            }
+            Class::RoomLog => {
+                return Err(ParseError::forbidden(
+                    "log entries are never edited: write a new RoomLog instead",
+                ));
+            }
+        }
+        let hlc = match last {
+            Some(h) => h,
+            None => self.now()?,
+        };
+        Ok(json!({"updatedAt": model::iso_date(hlc.physical_ms())}))
+    }
+
+    /// `members` of a Room: `AddUnique`/`Add` joins (or, by the owner,
+    /// admits), `Remove` leaves (or, by the owner, kicks). Returns the
+    /// time of the last record written.
+    async fn members_op(&self, s: &Session, r: &RoomView, op: &Value) -> ApiResult<Option<Hlc>> {
+        let kind = op.get("__op").and_then(Value::as_str).unwrap_or_default();
+        let objects = op.get("objects").and_then(Value::as_array);
+        let (state_self, state_other, objects) = match (kind, objects) {
+            ("AddUnique" | "Add", Some(o)) => (MemberState::Joined, MemberState::Joined, o),
+            ("Remove", Some(o)) => (MemberState::Left, MemberState::Kicked, o),
+            _ => {
+                return Err(ParseError::incorrect_type(
+                    "members changes with {\"__op\":\"AddUnique\"|\"Remove\",\"objects\":[pointers to _User]}: add yourself to join, remove yourself to leave",
+                ));
+            }
+        };
+        let mut last = None;
+        for o in objects {
+            let user = model::user_id(&model::read_pointer(o, Class::User, "members")?)?;
+            let rec = if user == s.user {
+                if r.owner == s.user {
+                    // The owner is always a member.
+                    continue;
+                }
+                let hlc = self.now()?;
+                last = Some(hlc);
+                make::member(&s.key, hlc, r.id, user, MemberRole::Participant, state_self)
+                    .map_err(sign_error)?
+            } else {
+                if r.owner != s.user {
+                    return Err(ParseError::forbidden(format!(
+                        "only the owner of room {} may add or remove other members; nothing was changed",
+                        r.id
+                    )));
+                }
+                let hlc = self.now()?;
+                last = Some(hlc);
+                make::member(
+                    &s.key,
+                    hlc,
+                    r.id,
+                    user,
+                    MemberRole::Participant,
+                    state_other,
+                )
+                .map_err(sign_error)?
+            };
+            self.write(rec).await?;
+            if user == s.user {
+                match state_self {
+                    MemberState::Joined => self.follow(r.id).await,
+                    _ => {
+                        if let Some(mesh) = &self.inner.mesh
+                            && !self.any_local_member(&r.id)?
+                        {
+                            let _ = mesh.unsubscribe_room(r.id).await;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(last)
+    }
+
+    fn any_local_member(&self, room: &RoomId) -> ApiResult<bool> {
+        let store = &self.inner.store;
+        for u in self.inner.accounts.local_users() {
+            if store.membership(room, &u)?.is_member() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn update_user(
+        &self,
+        s: &Session,
+        id: &str,
+        fields: &Map<String, Value>,
+    ) -> ApiResult<Value> {
+        let user = model::user_id(id)?;
+        if user != s.user {
+            return Err(ParseError::forbidden(
+                "a user may change only their own account",
+            ));
+        }
+        let mut hlc = self.now()?;
+        if let Some(name) = string_field(fields, "username", Class::User)? {
+            let rec = make::profile(&s.key, hlc, &name).map_err(sign_error)?;
+            tincan_core::rules::check_standalone(rec.record()).map_err(rule_error)?;
+            self.inner.accounts.rename(&s.user, &name)?;
+            self.write(rec).await?;
+        }
+        if let Some(pw) = string_field(fields, "password", Class::User)? {
+            self.inner.accounts.change_password(s, &pw).await?;
+            hlc = self.now()?;
+        }
+        if fields.contains_key("email") {
+            return Err(ParseError::forbidden(
+                "the e-mail is set at sign-up and stays on this machine",
+            ));
+        }
+        Ok(json!({"updatedAt": model::iso_date(hlc.physical_ms())}))
+    }
+
+    /// Deletes an object.
+    pub(crate) async fn delete(&self, s: &Session, class: Class, id: &str) -> ApiResult<()> {
+        let store = &self.inner.store;
+        match class {
+            Class::User => {
+                let user = model::user_id(id)?;
+                if user != s.user {
+                    return Err(ParseError::forbidden(
+                        "a user may delete only their own account",
+                    ));
+                }
+                self.inner.accounts.delete(&user)
+            }
+            Class::Room => {
+                let rid = model::room_id(id)?;
+                let r = store
+                    .room(&rid)?
+                    .ok_or_else(|| ParseError::not_found(format!("no Room {id} on this node")))?;
+                if r.owner != s.user {
+                    return Err(ParseError::forbidden(format!(
+                        "only the owner of room {} may delete it; nothing was changed",
+                        r.id
+                    )));
+                }
+                let hlc = self.now()?;
+                self.write(make::delete_room(&s.key, hlc, r.room.nonce).map_err(sign_error)?)
+                    .await?;
+                Ok(())
+            }
+            Class::Channel => {
+                let cid = model::channel_id(id)?;
+                let (r, c) = model::find_channel(store, &cid, &s.user)?.ok_or_else(|| {
+                    ParseError::not_found(format!("no Channel {id} visible to you on this node"))
+                })?;
+                let hlc = self.now()?;
+                // Signed and applied even for a non-owner: the store's rules
+                // refuse it (119), the same rule every node applies.
+                self.write(
+                    make::delete_channel(&s.key, hlc, r.id, c.channel.id).map_err(sign_error)?,
+                )
+                .await?;
+                Ok(())
+            }
+            Class::RoomLog => Err(ParseError::forbidden(
+                "log entries are never deleted (the room's owner may delete the whole room)",
+            )),
+        }
+    }
+
+    /// Writes the profile of a newly signed-up user.
+    pub(crate) async fn write_profile(&self, s: &Session) -> ApiResult<Hlc> {
+        let hlc = self.now()?;
+        let rec = make::profile(&s.key, hlc, &s.username).map_err(sign_error)?;
+        self.write(rec).await?;
+        Ok(hlc)
+    }
+
+    /// Follows every room a local account owns or belongs to.
+    pub(crate) async fn follow_local_rooms(&self) {
+        for u in self.inner.accounts.local_users() {
+            match self.inner.store.rooms_of_user(&u) {
+                Ok(rooms) => {
+                    for r in rooms {
+                        self.follow(r.id).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot list a local user's rooms"),
+            }
+        }
+    }
+}
+
+fn room_settings(fields: &Map<String, Value>, mut s: RoomSettings) -> ApiResult<RoomSettings> {
+    match fields.get("inviteOnly") {
+        None => {}
+        Some(Value::Bool(b)) => {
+            s.join_policy = if *b {
+                JoinPolicy::Invite
+            } else {
+                JoinPolicy::Open
+            }
+        }
+        Some(_) => {
+            return Err(ParseError::incorrect_type(
+                "Room.inviteOnly must be true or false",
+            ));
+        }
+    }
+    match fields.get("memberLimit") {
+        None => {}
+        Some(Value::Null) => s.member_limit = None,
+        Some(v) if is_delete_op(v) => s.member_limit = None,
+        Some(Value::Number(n)) => {
+            let n = n
+                .as_u64()
+                .filter(|n| *n >= 1 && *n <= u32::MAX as u64)
+                .ok_or_else(|| {
+                    ParseError::new(
+                        code::VALIDATION_ERROR,
+                        "Room.memberLimit must be a whole number of at least 1",
+                    )
+                })?;
+            s.member_limit = Some(n as u32);
+        }
+        Some(_) => {
+            return Err(ParseError::incorrect_type(
+                "Room.memberLimit must be a number or null",
+            ));
+        }
+    }
+    Ok(s)
+}
+
+fn permission_list(v: &Value) -> ApiResult<Vec<String>> {
+    let items = v.as_array().ok_or_else(|| {
+        ParseError::incorrect_type(
+            "Channel.permissions must be an array of strings like \"speak:members\"",
+        )
+    })?;
+    let list: Vec<String> = items
+        .iter()
+        .map(|i| {
+            i.as_str().map(str::to_owned).ok_or_else(|| {
+                ParseError::incorrect_type("Channel.permissions must be an array of strings")
+            })
+        })
+        .collect::<ApiResult<_>>()?;
+    permissions::parse_all(&list).map_err(|e| ParseError::new(code::VALIDATION_ERROR, e))?;
+    Ok(list)
+}
+
+/// Which entity a store change is about, as (class, objectId).
+pub(crate) fn change_target(record: &SignedRecord) -> Option<(Class, String)> {
+    let rec = record.record();
+    Some(match &rec.body {
+        Body::Profile(p) => (Class::User, p.user.to_hex()),
+        Body::Room(_) | Body::Member(_) => (Class::Room, rec.room()?.to_hex()),
+        Body::Channel(c) => (Class::Channel, c.id.to_hex()),
+        Body::RoomLog(_) => (Class::RoomLog, record.id().to_hex()),
+        Body::Tombstone(t) => match t.target {
+            tincan_core::Target::Room { .. } => (Class::Room, rec.room()?.to_hex()),
+            tincan_core::Target::Channel(_, c) => (Class::Channel, c.to_hex()),
+        },
+    })
+}

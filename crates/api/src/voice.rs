@@ -1,0 +1,164 @@
+//! The voice session's controls, as the API sees them. The node's voice
+//! session implements [`VoiceControl`] and is plugged in with
+//! [`crate::ApiStateBuilder::voice`]; without it `/v1/voice/...` answers 503.
+//!
+//! In JSON, ids are hex strings (as everywhere in the API).
+
+use serde::{Serialize, Serializer};
+use tincan_core::{ChannelId, RoomId, UserId};
+
+/// What the API asks of the voice session. Methods return quickly: they
+/// hand the request to the session and never wait for the network.
+pub trait VoiceControl: Send + Sync + 'static {
+    /// Joins voice channel `channel` of `room` (leaving any other first).
+    fn join(&self, room: RoomId, channel: ChannelId) -> Result<(), String>;
+    /// Leaves the voice channel.
+    fn leave(&self) -> Result<(), String>;
+    /// Mutes or unmutes the microphone.
+    fn set_muted(&self, muted: bool);
+    /// Deafens (mutes everyone else, and the microphone) or undeafens.
+    fn set_deafened(&self, deafened: bool);
+    /// Push-to-talk key down (true) or up (false).
+    fn push_to_talk(&self, down: bool);
+    /// Sets one speaker's gain (1.0 is unchanged, 0.0 silent).
+    fn set_volume(&self, user: UserId, gain: f32) -> Result<(), String>;
+    /// The sound devices there are, and the ones in use.
+    fn devices(&self) -> Devices;
+    /// Chooses the input and output devices (None keeps the current one).
+    fn choose_devices(&self, input: Option<String>, output: Option<String>) -> Result<(), String>;
+    /// Where the session is and how its links do.
+    fn status(&self) -> VoiceStatus;
+    /// Speaking changes and status updates, as they happen.
+    fn events(&self) -> tokio::sync::broadcast::Receiver<VoiceEvent>;
+}
+
+/// Sound devices.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Devices {
+    /// Input devices (microphones) by name.
+    pub inputs: Vec<String>,
+    /// Output devices (speakers) by name.
+    pub outputs: Vec<String>,
+    /// The input in use.
+    pub input: Option<String>,
+    /// The output in use.
+    pub output: Option<String>,
+}
+
+/// The voice session's state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct VoiceStatus {
+    /// The room of the voice channel joined, if any.
+    #[serde(serialize_with = "opt_hex_room")]
+    pub room: Option<RoomId>,
+    /// The voice channel joined, if any.
+    #[serde(serialize_with = "opt_hex_channel")]
+    pub channel: Option<ChannelId>,
+    /// Whether the microphone is muted.
+    pub muted: bool,
+    /// Whether the session is deafened.
+    pub deafened: bool,
+    /// Whether push-to-talk is held down.
+    pub push_to_talk: bool,
+    /// Everyone in the channel.
+    pub participants: Vec<Participant>,
+    /// The voice links to peers.
+    pub links: Vec<LinkStats>,
+}
+
+/// Someone in the voice channel.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Participant {
+    /// The user.
+    #[serde(serialize_with = "hex_user")]
+    pub user: UserId,
+    /// Whether they are speaking now.
+    pub speaking: bool,
+    /// The gain applied to them.
+    pub volume: f32,
+}
+
+/// One voice link to a peer.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LinkStats {
+    /// The peer's PeerId.
+    pub peer: String,
+    /// The user it speaks for, when known.
+    #[serde(serialize_with = "opt_hex_user")]
+    pub user: Option<UserId>,
+    /// "lan", "direct", "punched" or "relayed".
+    pub path: String,
+    /// Round trip, milliseconds.
+    pub rtt_ms: f64,
+    /// Fraction of datagrams lost, 0 to 1.
+    pub loss: f64,
+    /// Arrival jitter, milliseconds.
+    pub jitter_ms: f64,
+    /// Receive bitrate, kbit/s.
+    pub bitrate_kbps: f64,
+}
+
+/// What `/v1/events` streams.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum VoiceEvent {
+    /// Someone started or stopped speaking.
+    Speaking {
+        /// Who.
+        #[serde(serialize_with = "hex_user")]
+        user: UserId,
+        /// Whether they speak now.
+        speaking: bool,
+    },
+    /// The whole status, after a change.
+    Status(VoiceStatus),
+}
+
+fn hex_user<S: Serializer>(u: &UserId, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&u.to_hex())
+}
+
+fn opt_hex_user<S: Serializer>(u: &Option<UserId>, s: S) -> Result<S::Ok, S::Error> {
+    match u {
+        Some(u) => s.serialize_str(&u.to_hex()),
+        None => s.serialize_none(),
+    }
+}
+
+fn opt_hex_room<S: Serializer>(r: &Option<RoomId>, s: S) -> Result<S::Ok, S::Error> {
+    match r {
+        Some(r) => s.serialize_str(&r.to_hex()),
+        None => s.serialize_none(),
+    }
+}
+
+fn opt_hex_channel<S: Serializer>(c: &Option<ChannelId>, s: S) -> Result<S::Ok, S::Error> {
+    match c {
+        Some(c) => s.serialize_str(&c.to_hex()),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_hex_in_json() {
+        let e = VoiceEvent::Speaking {
+            user: UserId([0xab; 32]),
+            speaking: true,
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["type"], "speaking");
+        assert_eq!(v["user"], "ab".repeat(32));
+        let s = VoiceStatus {
+            room: Some(RoomId([1; 16])),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(VoiceEvent::Status(s)).unwrap();
+        assert_eq!(v["type"], "status");
+        assert_eq!(v["room"], "01".repeat(16));
+        assert_eq!(v["channel"], serde_json::Value::Null);
+    }
+}
