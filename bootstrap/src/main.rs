@@ -67,10 +67,16 @@ fn run(args: Args) -> Result<()> {
         );
         if let Some(voice) = node.voice_relay() {
             // On stderr: stdout lists only multiaddrs, which scripts read.
+            let addr = voice.local_addr();
+            let public = if addr.ip().is_unspecified() {
+                "<this server's public IP>".to_owned()
+            } else {
+                addr.ip().to_string()
+            };
             eprintln!(
-                "voice relay on udp {} (PeerId {})",
-                voice.local_addr(),
-                voice.peer_id()
+                "voice relay on udp {addr} (PeerId {id}); players use --voice-relay {public}:{port}/{id}",
+                id = voice.peer_id(),
+                port = addr.port(),
             );
         }
         shutdown_signal().await;

@@ -27,7 +27,8 @@
 //! each sender; everything dropped is counted by reason ([`VoiceRelayStats`]).
 //!
 //! Bounds: connections at once ([`VoiceRelaySettings::max_connections`];
-//! a full relay closes new connections at once), groups and members
+//! a full relay refuses new ones with a reason, a bounded number at a time,
+//! and closes the rest without a word), groups and members
 //! ([`RelayConfig`]), a control message ([`MAX_CONTROL_MESSAGE`]), a proof
 //! ([`MAX_PROOF_RECORDS`] records), the updates queued for one member
 //! ([`UPDATE_QUEUE`]; a member that falls that far behind is disconnected,
@@ -168,7 +169,7 @@ pub struct VoiceRelaySettings {
     pub listen: SocketAddr,
     /// Groups, members and per-member rate caps.
     pub limits: RelayConfig,
-    /// Connections at once, joined or not; past it new ones are closed.
+    /// Connections at once, joined or not; past it new ones are refused.
     pub max_connections: usize,
     /// Time a dialler has to open its control stream and send its request.
     pub handshake_timeout: Duration,
@@ -239,6 +240,7 @@ struct Shared {
     started: Instant,
     next_conn: AtomicU64,
     connections: AtomicUsize,
+    refusing: AtomicUsize,
     joins_accepted: AtomicU64,
     joins_refused: AtomicU64,
     observed: AtomicU64,
@@ -307,6 +309,7 @@ impl VoiceRelay {
             started: Instant::now(),
             next_conn: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
+            refusing: AtomicUsize::new(0),
             joins_accepted: AtomicU64::new(0),
             joins_refused: AtomicU64::new(0),
             observed: AtomicU64::new(0),
@@ -405,9 +408,37 @@ async fn accept_loop(endpoint: Arc<VoiceEndpoint>, shared: Arc<Shared>) {
             tracing::warn!(
                 max = shared.settings.max_connections,
                 peer = %conn.peer_id(),
-                "voice relay full: closing a new connection (raise [voice_relay] max_connections)"
+                "voice relay full: refusing a new connection (raise [voice_relay] max_connections)"
             );
-            conn.close();
+            // Say why, within the handshake timeout, to a bounded number of
+            // diallers at once; past that, close without a word.
+            let max_refusing = shared.settings.max_connections / 8 + 16;
+            if shared.refusing.fetch_add(1, Ordering::Relaxed) < max_refusing {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let limit = shared.settings.handshake_timeout;
+                    if let Some(Ok((mut send, _recv))) = within(limit, conn.accept_control()).await
+                    {
+                        let reason = format!(
+                            "this voice relay is full ({} connections): try another relay",
+                            shared.settings.max_connections
+                        );
+                        let answer = Answer::Refused(Refused { reason });
+                        if within(limit, write_message(&mut send, &answer))
+                            .await
+                            .is_some()
+                        {
+                            let _ = send.finish();
+                            let _ = within(limit, send.stopped()).await;
+                        }
+                    }
+                    conn.close();
+                    shared.refusing.fetch_sub(1, Ordering::Relaxed);
+                });
+            } else {
+                shared.refusing.fetch_sub(1, Ordering::Relaxed);
+                conn.close();
+            }
             continue;
         }
         shared.connections.fetch_add(1, Ordering::Relaxed);

@@ -512,6 +512,21 @@ async fn members_that_leave_or_vanish_are_announced_as_gone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_relay_refuses_with_a_reason() {
+    let mut s = settings();
+    s.max_connections = 1;
+    let (relay, addr) = start(s);
+    let w = world();
+    let (bob, carol) = (player(2), player(3));
+    bob.joins(&w);
+    carol.joins(&w);
+    let _b = bob.join(&w, &addr).await;
+    let reason = carol.refused(&addr, carol.hello(&w)).await;
+    assert!(reason.contains("relay is full (1 connections)"), "{reason}");
+    assert_eq!(relay.stats().connections_refused, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observe_returns_the_diallers_address() {
     let (relay, addr) = start(settings());
     let p = player(5);

@@ -45,7 +45,8 @@ async fn the_binary_runs_a_voice_relay_that_answers_observe() {
         .next()
         .expect("an address on stdout")
         .unwrap();
-    // "voice relay on udp 127.0.0.1:PORT (PeerId 12D3KooW...)", on stderr;
+    // "voice relay on udp 127.0.0.1:PORT (PeerId 12D3KooW...); players use
+    // --voice-relay 127.0.0.1:PORT/12D3KooW...", on stderr;
     // read off this thread, bounded by the child's life and the timeout.
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     std::thread::spawn(move || {
@@ -61,10 +62,17 @@ async fn the_binary_runs_a_voice_relay_that_answers_observe() {
     let line = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the binary announces its voice relay on stderr");
-    let (addr, peer) = line
-        .strip_suffix(')')
-        .and_then(|l| l.split_once(" (PeerId "))
+    let (addr, rest) = line
+        .split_once(" (PeerId ")
         .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+    let (peer, hint) = rest
+        .split_once(')')
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+    // The hint is what `tincan up --voice-relay` takes: IP:PORT/PEERID.
+    assert!(
+        hint.ends_with(&format!(" --voice-relay {addr}/{peer}")),
+        "{line}"
+    );
     // The voice relay proves the same PeerId as the libp2p addresses.
     assert!(
         first.ends_with(&format!("/p2p/{peer}")),
