@@ -346,6 +346,9 @@ impl Client {
                     };
                     Some((op, now.clone(), None))
                 }
+                // Nothing the subscriber sees changed (a change already
+                // taken in by a resync after a lag): nothing to push.
+                (Some(before), true) if now.as_ref() == Some(&before) => None,
                 (Some(before), true) => Some(("update", now.clone(), Some(before))),
                 (Some(before), false) if now.is_none() || change.kind == ChangeKind::Deleted => {
                     Some(("delete", Some(before), None))

@@ -17,6 +17,8 @@ pub struct TestNode {
     pub url: String,
     pub store: Arc<Store>,
     pub http: reqwest::Client,
+    /// The node's own user key (its account is node / node-pw).
+    pub node_key: UserKey,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -51,6 +53,7 @@ pub async fn start(config: ApiConfig, voice: Option<Arc<dyn VoiceControl>>) -> T
                 .unwrap(),
         )
         .unwrap();
+    let node_key = UserKey::from_seed(&identity.user_key.seed());
     let mut b = ApiState::builder(store.clone(), data, &identity).config(config);
     if let Some(v) = voice {
         b = b.voice(v);
@@ -66,6 +69,7 @@ pub async fn start(config: ApiConfig, voice: Option<Arc<dyn VoiceControl>>) -> T
         url,
         store,
         http: reqwest::Client::new(),
+        node_key,
         task,
     }
 }
