@@ -87,7 +87,7 @@ async fn livequery_pushes_create_update_enter_leave_delete() {
         Some(json!({"name": "stage"})),
     )
     .await;
-    let mut got = vec![next(&mut ws).await, next(&mut ws).await];
+    let mut got = [next(&mut ws).await, next(&mut ws).await];
     got.sort_by_key(|e| e["requestId"].as_i64());
     assert_eq!(got[0]["op"], "update");
     assert_eq!(got[0]["original"]["name"], "general");
@@ -107,7 +107,7 @@ async fn livequery_pushes_create_update_enter_leave_delete() {
         Some(json!({"name": "lobby"})),
     )
     .await;
-    let mut got = vec![next(&mut ws).await, next(&mut ws).await];
+    let mut got = [next(&mut ws).await, next(&mut ws).await];
     got.sort_by_key(|e| e["requestId"].as_i64());
     assert_eq!(
         (got[0]["op"].as_str(), got[1]["op"].as_str()),
