@@ -196,18 +196,44 @@ impl JitterEstimator {
     }
 }
 
+/// Per-second loss and bitrate of one connection, from quinn's packet
+/// counts (sent, declared lost) and our received byte count.
+#[derive(Default)]
+struct Rates {
+    last_bytes: u64,
+    last_sent_packets: u64,
+    last_lost_packets: u64,
+    loss: f64,
+    bitrate_kbps: f64,
+}
+
+impl Rates {
+    fn update(&mut self, stats: &quinn::ConnectionStats, received_bytes: u64) {
+        let sent = stats.path.sent_packets;
+        let lost = stats.path.lost_packets;
+        let d_sent = sent.saturating_sub(self.last_sent_packets);
+        let d_lost = lost.saturating_sub(self.last_lost_packets);
+        self.last_sent_packets = sent;
+        self.last_lost_packets = lost;
+        self.loss = if d_sent == 0 {
+            0.0
+        } else {
+            d_lost as f64 / d_sent as f64
+        };
+        self.bitrate_kbps = received_bytes.saturating_sub(self.last_bytes) as f64 * 8.0
+            / 1000.0
+            / STATS_EVERY.as_secs_f64();
+        self.last_bytes = received_bytes;
+    }
+}
+
 struct Link {
     conn: VoiceConnection,
     user: UserId,
     path: Path,
     counters: Arc<LinkCounters>,
     recv_task: tokio::task::AbortHandle,
-    // For per-second rates.
-    last_bytes: u64,
-    last_sent_packets: u64,
-    last_lost_packets: u64,
-    loss: f64,
-    bitrate_kbps: f64,
+    rates: Rates,
 }
 
 struct Session {
@@ -221,6 +247,8 @@ struct Session {
     relay_task: Option<tokio::task::AbortHandle>,
     relay_counters: Arc<LinkCounters>,
     relay_joining: bool,
+    /// The relay link's loss and bitrate, as for direct links.
+    relay_rates: Rates,
     tasks: Vec<tokio::task::AbortHandle>,
     /// Who may speak here, refreshed each stats round.
     speakers_allowed: Arc<Mutex<HashMap<UserId, bool>>>,
@@ -379,6 +407,7 @@ impl Voice {
             relay_task: None,
             relay_counters: Arc::default(),
             relay_joining: false,
+            relay_rates: Rates::default(),
             tasks: vec![sender.abort_handle()],
             speakers_allowed: Arc::default(),
             present: HashMap::new(),
@@ -491,9 +520,9 @@ impl Voice {
                 path: link.path.to_string(),
                 remote: link.conn.remote_addr().to_string(),
                 rtt_ms: link.conn.rtt().as_secs_f64() * 1000.0,
-                loss: link.loss,
+                loss: link.rates.loss,
                 jitter_ms: link.counters.jitter_us.load(Ordering::Relaxed) as f64 / 1000.0,
-                bitrate_kbps: link.bitrate_kbps,
+                bitrate_kbps: link.rates.bitrate_kbps,
                 forbidden: link.counters.forbidden.load(Ordering::Relaxed),
             });
         }
@@ -505,9 +534,9 @@ impl Voice {
                 path: Path::Relayed.to_string(),
                 remote: conn.remote_addr().to_string(),
                 rtt_ms: conn.rtt().as_secs_f64() * 1000.0,
-                loss: 0.0,
+                loss: s.relay_rates.loss,
                 jitter_ms: s.relay_counters.jitter_us.load(Ordering::Relaxed) as f64 / 1000.0,
-                bitrate_kbps: 0.0,
+                bitrate_kbps: s.relay_rates.bitrate_kbps,
                 forbidden: s.relay_counters.forbidden.load(Ordering::Relaxed),
             });
         }
@@ -560,6 +589,12 @@ impl Voice {
             .unwrap_or_default();
         let mut ips: Vec<IpAddr> = Vec::new();
         for a in addrs {
+            // A relayed address names the relay's host, not ours.
+            if a.iter()
+                .any(|p| matches!(p, tincan_mesh::Protocol::P2pCircuit))
+            {
+                continue;
+            }
             for p in a.iter() {
                 let ip = match p {
                     tincan_mesh::Protocol::Ip4(ip) => IpAddr::V4(ip),
@@ -571,8 +606,10 @@ impl Voice {
                 }
             }
         }
-        // Loopback last: only useful to peers on this very machine.
-        ips.sort_by_key(|ip| ip.is_loopback());
+        // Loopback only when there is nothing else: it reaches no other host.
+        if ips.iter().any(|ip| !ip.is_loopback()) {
+            ips.retain(|ip| !ip.is_loopback());
+        }
         ips
     }
 
@@ -767,11 +804,7 @@ impl Voice {
                 path,
                 counters,
                 recv_task: task.abort_handle(),
-                last_bytes: 0,
-                last_sent_packets: 0,
-                last_lost_packets: 0,
-                loss: 0.0,
-                bitrate_kbps: 0.0,
+                rates: Rates::default(),
             },
         ) {
             old.recv_task.abort();
@@ -1091,23 +1124,14 @@ fn update_stats(store: &Store, s: &mut Session) {
     refresh_permissions(store, s);
     let mut worst_loss: f64 = 0.0;
     for link in s.links.values_mut() {
-        let stats = link.conn.stats();
-        let sent = stats.path.sent_packets;
-        let lost = stats.path.lost_packets;
-        let d_sent = sent.saturating_sub(link.last_sent_packets);
-        let d_lost = lost.saturating_sub(link.last_lost_packets);
-        link.last_sent_packets = sent;
-        link.last_lost_packets = lost;
-        link.loss = if d_sent == 0 {
-            0.0
-        } else {
-            d_lost as f64 / d_sent as f64
-        };
         let bytes = link.counters.bytes.load(Ordering::Relaxed);
-        link.bitrate_kbps =
-            bytes.saturating_sub(link.last_bytes) as f64 * 8.0 / 1000.0 / STATS_EVERY.as_secs_f64();
-        link.last_bytes = bytes;
-        worst_loss = worst_loss.max(link.loss);
+        link.rates.update(&link.conn.stats(), bytes);
+        worst_loss = worst_loss.max(link.rates.loss);
+    }
+    if let Some(relay) = &s.relay {
+        let bytes = s.relay_counters.bytes.load(Ordering::Relaxed);
+        s.relay_rates.update(&relay.connection().stats(), bytes);
+        worst_loss = worst_loss.max(s.relay_rates.loss);
     }
     s.engine
         .set_expected_loss((worst_loss * 100.0).round().clamp(0.0, 100.0) as u8);

@@ -69,7 +69,7 @@ pub struct PlannerConfig {
 impl Default for PlannerConfig {
     fn default() -> Self {
         PlannerConfig {
-            relay_after: Duration::from_secs(4),
+            relay_after: Duration::from_millis(1500),
             punch_every: Duration::from_millis(250),
             redial_after: Duration::from_secs(2),
             max_direct_peers: 16,
@@ -422,8 +422,8 @@ mod tests {
         p.set_channel(Some((ROOM, CH)));
         assert!(!p.needs_relay(ms(0)));
         p.on_presence("B", presence(Some(CH), 1, false), ms(0));
-        assert!(!p.needs_relay(ms(3000)));
-        assert!(p.needs_relay(ms(4000)));
+        assert!(!p.needs_relay(ms(1000)));
+        assert!(p.needs_relay(ms(1500)));
         p.on_connected("B", "192.168.1.5:4000".parse().unwrap());
         assert!(!p.needs_relay(ms(5000)));
         // A peer that says it is relayed pulls us onto the relay at once.

@@ -1,0 +1,380 @@
+//! Voice across networks the test builds itself in Linux network namespaces
+//! (root only; elsewhere each test prints why and skips): two hosts on a
+//! LAN; two homes behind two port-preserving NATs (hole punching); a home
+//! behind a symmetric NAT (the relay); and lossy links. In every case the
+//! speech one node plays into its WAV microphone is checked by correlation
+//! in what the other node's WAV speaker recorded.
+//!
+//! Addresses used: 10.77.x.y, 10.78.0.y and 10.79.0.y, only inside the
+//! test's own namespaces.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tincan_tests::voice::{received_correlation, write_speech};
+use tincan_tests::{Namespaces, RunningNode, Tincan, eventually, netns_unavailable, sh};
+
+const LIMIT: Duration = Duration::from_secs(40);
+/// Seconds of speech alice plays.
+const SPEECH_S: f32 = 10.0;
+
+fn veth(from: &str, from_if: &str, to: &str, to_if: &str) {
+    sh(&[
+        "ip", "-n", from, "link", "add", from_if, "type", "veth", "peer", "name", to_if, "netns",
+        to,
+    ]);
+}
+
+fn addr(ns: &str, dev: &str, cidr: &str) {
+    sh(&["ip", "-n", ns, "addr", "add", cidr, "dev", dev]);
+    sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+}
+
+fn in_ns(ns: &str, args: &[&str]) {
+    let mut v = vec!["ip", "netns", "exec", ns];
+    v.extend_from_slice(args);
+    sh(&v);
+}
+
+/// Loss on a router: each forwarded packet dropped with `probability`
+/// (this kernel has no netem; iptables' statistic match does the loss).
+fn lossy(router: &str, probability: f64) {
+    let p = probability.to_string();
+    in_ns(
+        router,
+        &[
+            "iptables",
+            "-A",
+            "FORWARD",
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &p,
+            "-j",
+            "DROP",
+        ],
+    );
+}
+
+/// The public segment 10.77.2.0/24 (bridge in `sw`) with the bootstrap
+/// node `boot` at .1, and two homes: `a` (10.79.0.2) behind router `rta`
+/// (.253 outside) and `b` (10.78.0.2) behind `rtb` (.254 outside). Both
+/// routers masquerade; `symmetric_b` makes rtb pick a random port per
+/// destination (`MASQUERADE --random`), which defeats hole punching.
+fn two_homes(prefix: &str, symmetric_b: bool) -> Namespaces {
+    let ns = Namespaces::create(prefix, &["boot", "rta", "a", "rtb", "b", "sw"]);
+    let [boot, rta, a, rtb, b, sw] = [0, 1, 2, 3, 4, 5].map(|i| ns.names[i].as_str());
+    sh(&["ip", "-n", sw, "link", "add", "br0", "type", "bridge"]);
+    sh(&["ip", "-n", sw, "link", "set", "br0", "up"]);
+    for (i, (host, cidr)) in [
+        (boot, "10.77.2.1/24"),
+        (rta, "10.77.2.253/24"),
+        (rtb, "10.77.2.254/24"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let port = format!("p{i}");
+        veth(sw, &port, host, "eth0");
+        sh(&["ip", "-n", sw, "link", "set", &port, "master", "br0"]);
+        sh(&["ip", "-n", sw, "link", "set", &port, "up"]);
+        addr(host, "eth0", cidr);
+    }
+    for (rt, home, net, random) in [(rta, a, "10.79.0", false), (rtb, b, "10.78.0", symmetric_b)] {
+        veth(rt, "eth1", home, "eth0");
+        addr(rt, "eth1", &format!("{net}.1/24"));
+        addr(home, "eth0", &format!("{net}.2/24"));
+        sh(&[
+            "ip",
+            "-n",
+            home,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("{net}.1"),
+        ]);
+        in_ns(rt, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let src = format!("{net}.0/24");
+        let mut rule = vec![
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            &src,
+            "-o",
+            "eth0",
+            "-j",
+            "MASQUERADE",
+        ];
+        if random {
+            rule.push("--random");
+        }
+        in_ns(rt, &rule);
+        // Like any home router, nothing unsolicited from outside reaches the
+        // router itself. (Without this, the first punch to arrive would
+        // leave a conntrack entry on the router that makes MASQUERADE pick
+        // another port for the reply: no home router behaves like that.)
+        in_ns(
+            rt,
+            &[
+                "iptables",
+                "-A",
+                "INPUT",
+                "-i",
+                "eth0",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "NEW",
+                "-j",
+                "DROP",
+            ],
+        );
+    }
+    ns
+}
+
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts tincan-bootstrap (with its voice relay) in `ns` on `ip`; returns
+/// the process, its mesh address and its voice relay as `IP:PORT/PEERID`.
+fn start_bootstrap(dir: &Path, ns: &str, ip: &str) -> (Kill, String, String) {
+    let config = dir.join("bootstrap.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "key_file = {:?}\nlisten = [\"/ip4/{ip}/tcp/4001\", \"/ip4/{ip}/udp/4001/quic-v1\"]\n\
+             [voice_relay]\nlisten = \"{ip}:4434\"\n",
+            dir.join("boot.key").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut boot = std::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(tincan_tests::workspace_bin("tincan-bootstrap"))
+        .args(["--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let boot_addr = tincan_tests::first_stdout_line(&mut boot);
+    let peer = boot_addr.rsplit("/p2p/").next().unwrap().to_owned();
+    (Kill(boot), boot_addr, format!("{ip}:4434/{peer}"))
+}
+
+fn run_json(t: &Tincan, ns: &str, args: &[&str]) -> serde_json::Value {
+    let out = t
+        .cmd_in(Some(ns))
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// Alice (in `ns_a`) speaks, Bob (in `ns_b`) listens; both start with
+/// `extra` flags. Returns the path each side's link to the other took, once
+/// the speech has played, after checking the recording by correlation.
+fn talk(label: &str, ns_a: &str, ns_b: &str, lan: bool, extra: &[&str], want_path: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let speech = dir.path().join("speech.wav");
+    let heard = dir.path().join("heard.wav");
+    let sent = write_speech(&speech, SPEECH_S);
+    let alice = Tincan::new(&dir.path().join("alice"), "pw-a");
+    let bob = Tincan::new(&dir.path().join("bob"), "pw-b");
+    alice.ok(&["init", "--username", "alice"]);
+    bob.ok(&["init", "--username", "bob"]);
+    let input = format!("wav:{}", speech.display());
+    let output = format!("wav:{}", heard.display());
+    let mut a_args = vec!["up", "--input", &input, "--output", "null"];
+    let mut b_args = vec!["up", "--input", "null", "--output", &output];
+    if !lan {
+        a_args.push("--no-mdns");
+        b_args.push("--no-mdns");
+    }
+    a_args.extend_from_slice(extra);
+    b_args.extend_from_slice(extra);
+    // On a LAN they find each other by mDNS; across NATs through the
+    // bootstrap node (in `extra`).
+    let a = RunningNode::start_in(&alice, Some(ns_a), &a_args);
+    let b = RunningNode::start_in(&bob, Some(ns_b), &b_args);
+    let in_a = |args: &[&str]| run_json(&alice, ns_a, args);
+    let in_b = |args: &[&str]| run_json(&bob, ns_b, args);
+
+    let room = in_a(&["room", "create", label])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let channel = in_a(&["channel", "create", &room, "voice"])["channel"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(in_b(&["room", "join", &room])["state"], "joined");
+    eventually(LIMIT, || {
+        let shown = in_a(&["room", "show", &room]);
+        (shown["members"].as_array().unwrap().len() == 2
+            && in_b(&["channel", "list", &room]).as_array().unwrap().len() == 1)
+            .then_some(())
+    })
+    .expect("room state did not converge");
+
+    in_b(&["voice", "join", &room, &channel]);
+    let joined = Instant::now();
+    in_a(&["voice", "join", &room, &channel]);
+    let has_path = |status: &serde_json::Value| {
+        status["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["path"] == want_path)
+    };
+    let a_status = eventually(LIMIT, || Some(in_a(&["status"])).filter(has_path))
+        .unwrap_or_else(|| panic!("{label}: no {want_path} link: {}", in_a(&["status"])));
+    println!(
+        "FIGURE {label}: {want_path} link up {:?} after joining: {}",
+        joined.elapsed(),
+        a_status["links"]
+    );
+    std::thread::sleep(Duration::from_secs_f32(SPEECH_S + 1.5).saturating_sub(joined.elapsed()));
+    let a_status = in_a(&["status"]);
+    let b_status = in_b(&["status"]);
+    println!("{label}: alice {a_status}\n{label}: bob {b_status}");
+    assert!(
+        has_path(&b_status),
+        "{label}: bob has no {want_path} link: {b_status}"
+    );
+    in_b(&["voice", "leave"]);
+    in_a(&["voice", "leave"]);
+    let (median, windows) = received_correlation(&sent, &heard, 4.0);
+    println!("FIGURE {label}: median correlation {median:.3} over {windows:?}");
+    assert!(
+        median > 0.5,
+        "{label}: what bob heard does not carry alice's speech (median correlation {median:.3})"
+    );
+    drop(b);
+    drop(a);
+}
+
+fn skip() -> bool {
+    if let Some(why) = netns_unavailable() {
+        println!("SKIPPED: {why}");
+        return true;
+    }
+    false
+}
+
+fn prefix(tag: &str) -> String {
+    format!("tv{tag}{}", std::process::id() % 10_000)
+}
+
+/// Two hosts on one bridge, no configuration: they find each other by
+/// mDNS and voice goes host to host, path "lan".
+#[test]
+fn voice_on_a_lan() {
+    if skip() {
+        return;
+    }
+    let ns = Namespaces::create(&prefix("l"), &["a", "b", "sw"]);
+    let (a, b, sw) = (&ns.names[0], &ns.names[1], &ns.names[2]);
+    sh(&["ip", "-n", sw, "link", "add", "br0", "type", "bridge"]);
+    sh(&["ip", "-n", sw, "link", "set", "br0", "up"]);
+    for (i, (host, cidr)) in [(a, "10.77.3.1/24"), (b, "10.77.3.2/24")]
+        .into_iter()
+        .enumerate()
+    {
+        let port = format!("p{i}");
+        veth(sw, &port, host, "eth0");
+        sh(&["ip", "-n", sw, "link", "set", &port, "master", "br0"]);
+        sh(&["ip", "-n", sw, "link", "set", &port, "up"]);
+        addr(host, "eth0", cidr);
+    }
+    for host in [a, b] {
+        // mDNS sends to 224.0.0.251: route multicast out of the LAN port.
+        sh(&[
+            "ip",
+            "-n",
+            host,
+            "route",
+            "add",
+            "224.0.0.0/4",
+            "dev",
+            "eth0",
+        ]);
+    }
+    talk("lan", a, b, true, &[], "lan");
+}
+
+fn across_nats(tag: &str, symmetric_b: bool, loss: Option<f64>, want_path: &str) {
+    let ns = two_homes(&prefix(tag), symmetric_b);
+    let [boot, rta, a, rtb, b] = [0, 1, 2, 3, 4].map(|i| ns.names[i].as_str());
+    if let Some(p) = loss {
+        lossy(rta, p);
+        lossy(rtb, p);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr, voice_relay) = start_bootstrap(dir.path(), boot, "10.77.2.1");
+    talk(
+        tag,
+        a,
+        b,
+        false,
+        &[
+            "--bootstrap",
+            &boot_addr,
+            "--relay",
+            &boot_addr,
+            "--voice-relay",
+            &voice_relay,
+        ],
+        want_path,
+    );
+}
+
+#[test]
+fn voice_between_two_port_preserving_nats_is_hole_punched() {
+    if skip() {
+        return;
+    }
+    across_nats("p", false, None, "punched");
+}
+
+#[test]
+fn voice_from_behind_a_symmetric_nat_goes_through_the_relay() {
+    if skip() {
+        return;
+    }
+    across_nats("s", true, None, "relayed");
+}
+
+#[test]
+fn voice_hole_punched_over_lossy_links() {
+    if skip() {
+        return;
+    }
+    across_nats("q", false, Some(0.02), "punched");
+}
+
+#[test]
+fn voice_relayed_over_lossy_links() {
+    if skip() {
+        return;
+    }
+    across_nats("r", true, Some(0.02), "relayed");
+}
