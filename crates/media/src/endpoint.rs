@@ -35,6 +35,9 @@ pub struct EndpointConfig {
     pub keep_alive: Duration,
     /// A peer silent for this long (no keep-alives either) is gone.
     pub idle_timeout: Duration,
+    /// Delay, jitter and loss on what the socket sends (tests and
+    /// measurements only; see [`crate::impair`]).
+    pub impairment: Option<crate::impair::Impairment>,
 }
 
 impl Default for EndpointConfig {
@@ -43,6 +46,7 @@ impl Default for EndpointConfig {
             datagram_send_buffer: 8 * MAX_DATAGRAM_LEN,
             keep_alive: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
+            impairment: None,
         }
     }
 }
@@ -156,7 +160,14 @@ impl VoiceEndpoint {
             addr,
             source: std::io::Error::other("no async runtime: call bind inside tokio"),
         })?;
-        let endpoint = quinn::Endpoint::new(
+        let socket = runtime
+            .wrap_udp_socket(socket)
+            .map_err(|source| EndpointError::Bind { addr, source })?;
+        let socket: Arc<dyn quinn::AsyncUdpSocket> = match config.impairment {
+            Some(imp) => Arc::new(crate::impair::ImpairedSocket::new(socket, imp)),
+            None => socket,
+        };
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),
             Some(server),
             socket,

@@ -6,6 +6,7 @@
 
 pub mod control;
 pub mod endpoint;
+pub mod impair;
 pub mod paths;
 pub mod presence;
 pub mod protocol;
