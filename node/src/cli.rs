@@ -111,6 +111,12 @@ pub enum Command {
             value_delimiter = ','
         )]
         voice_relays: Vec<String>,
+        /// Tests and measurements only: delay, jitter and loss on what the voice socket sends, e.g. delay=20ms,jitter=5ms,loss=2%
+        #[arg(long)]
+        voice_impair: Option<tincan_media::impair::Impairment>,
+        /// When the microphone is sent: vad (while you speak), ptt (while push-to-talk is held), open (always)
+        #[arg(long, default_value = "vad", value_parser = crate::voice::parse_gate)]
+        gate: tincan_audio::capture::GateMode,
     },
     /// Voice: join or leave a channel, mute, deafen (acts on the running node)
     Voice {
@@ -520,6 +526,8 @@ pub(crate) fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
             input,
             output,
             voice_relays,
+            voice_impair,
+            gate,
             api_port,
             api_listen,
         } => {
@@ -531,6 +539,8 @@ pub(crate) fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
                     .iter()
                     .map(|r| crate::voice::parse_relay(r))
                     .collect::<Result<_>>()?,
+                impairment: voice_impair,
+                gate,
             };
             let options = crate::daemon::UpOptions {
                 control_port,

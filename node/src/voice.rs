@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
+use tincan_audio::capture::{CaptureConfig, GateMode};
 use tincan_audio::codec::VoicePacket;
 use tincan_audio::device::DeviceSpec;
 use tincan_audio::engine::{Engine, EngineConfig};
@@ -80,6 +81,11 @@ pub struct VoiceOptions {
     /// Voice relays: for the public address of our voice socket, and as the
     /// fallback path.
     pub relays: Vec<RelayAddr>,
+    /// Delay, jitter and loss on what the voice socket sends: for tests and
+    /// measurements on machines without netem, never for play.
+    pub impairment: Option<tincan_media::impair::Impairment>,
+    /// When the microphone is sent.
+    pub gate: GateMode,
 }
 
 impl Default for VoiceOptions {
@@ -89,7 +95,19 @@ impl Default for VoiceOptions {
             input: DeviceSpec::Default,
             output: DeviceSpec::Default,
             relays: Vec::new(),
+            impairment: None,
+            gate: GateMode::VoiceActivity,
         }
+    }
+}
+
+/// Parses `vad`, `ptt` or `open`, the microphone gate's names.
+pub fn parse_gate(text: &str) -> Result<GateMode, String> {
+    match text {
+        "vad" => Ok(GateMode::VoiceActivity),
+        "ptt" => Ok(GateMode::PushToTalk),
+        "open" => Ok(GateMode::AlwaysOn),
+        other => Err(format!("{other:?} is not vad, ptt or open")),
     }
 }
 
@@ -161,6 +179,13 @@ pub struct VoiceView {
     /// Frames dropped: from users who may not speak, unknown speakers, or
     /// malformed.
     pub frames_refused: u64,
+    /// Wall clock (microseconds since the Unix epoch) of the microphone's
+    /// first sample in this session: with a WAV input, when its sample 0
+    /// was "spoken". 0 before.
+    pub input_started_us: u64,
+    /// Wall clock of the speaker's first sample: with a WAV output, when
+    /// its sample 0 was "played". 0 before.
+    pub output_started_us: u64,
 }
 
 #[derive(Default)]
@@ -315,7 +340,11 @@ impl Voice {
         store: Arc<Store>,
         options: VoiceOptions,
     ) -> Result<Voice> {
-        let endpoint = VoiceEndpoint::bind(node_seed, options.listen, &EndpointConfig::default())
+        let config = EndpointConfig {
+            impairment: options.impairment,
+            ..EndpointConfig::default()
+        };
+        let endpoint = VoiceEndpoint::bind(node_seed, options.listen, &config)
             .context("cannot start the voice endpoint")?;
         let voice = Voice {
             shared: Arc::new(Shared {
@@ -378,6 +407,10 @@ impl Voice {
         let (engine, mut packets) = Engine::start(EngineConfig {
             input: self.shared.options.input.clone(),
             output: self.shared.options.output.clone(),
+            capture: CaptureConfig {
+                gate: self.shared.options.gate,
+                ..CaptureConfig::default()
+            },
             ..EngineConfig::default()
         })
         .context("cannot start the audio engine")?;
@@ -504,6 +537,8 @@ impl Voice {
         let counters = s.engine.counters();
         view.frames_sent = counters.frames_sent.load(Ordering::Relaxed);
         view.speaking = counters.self_speaking.load(Ordering::Relaxed);
+        view.input_started_us = counters.input_started_us.load(Ordering::Relaxed);
+        view.output_started_us = counters.output_started_us.load(Ordering::Relaxed);
         let levels = s.engine.levels();
         view.participants = s
             .present

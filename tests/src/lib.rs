@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod netns;
 pub mod voice;
 
 /// Path of a binary built by cargo for this workspace (`tincan`,

@@ -1,0 +1,183 @@
+//! Network-namespace topologies and processes shared by the voice tests and
+//! the latency harness. Addresses: 10.77.x.y, 10.78.0.y, 10.79.0.y, only
+//! inside namespaces the caller creates.
+
+use std::path::Path;
+
+use crate::{Namespaces, Tincan, sh};
+
+/// A child process killed (and reaped) on drop.
+pub struct Kill(pub std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A veth pair: `from_if` in `from`, `to_if` in `to`.
+pub fn veth(from: &str, from_if: &str, to: &str, to_if: &str) {
+    sh(&[
+        "ip", "-n", from, "link", "add", from_if, "type", "veth", "peer", "name", to_if, "netns",
+        to,
+    ]);
+}
+
+/// Gives `dev` in `ns` the address `cidr` and brings it up.
+pub fn addr(ns: &str, dev: &str, cidr: &str) {
+    sh(&["ip", "-n", ns, "addr", "add", cidr, "dev", dev]);
+    sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+}
+
+/// Runs a command inside namespace `ns`; it must succeed.
+pub fn in_ns(ns: &str, args: &[&str]) {
+    let mut v = vec!["ip", "netns", "exec", ns];
+    v.extend_from_slice(args);
+    sh(&v);
+}
+
+/// Loss on a router: each forwarded packet dropped with `probability`
+/// (this kernel has no netem; iptables' statistic match does the loss).
+pub fn lossy(router: &str, probability: f64) {
+    let p = probability.to_string();
+    in_ns(
+        router,
+        &[
+            "iptables",
+            "-A",
+            "FORWARD",
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &p,
+            "-j",
+            "DROP",
+        ],
+    );
+}
+
+/// The public segment 10.77.2.0/24 (bridge in `sw`) with the bootstrap
+/// node `boot` at .1, and two homes: `a` (10.79.0.2) behind router `rta`
+/// (.253 outside) and `b` (10.78.0.2) behind `rtb` (.254 outside). Both
+/// routers masquerade; `symmetric_b` makes rtb pick a random port per
+/// destination (`MASQUERADE --random`), which defeats hole punching.
+pub fn two_homes(prefix: &str, symmetric_b: bool) -> Namespaces {
+    let ns = Namespaces::create(prefix, &["boot", "rta", "a", "rtb", "b", "sw"]);
+    let [boot, rta, a, rtb, b, sw] = [0, 1, 2, 3, 4, 5].map(|i| ns.names[i].as_str());
+    sh(&["ip", "-n", sw, "link", "add", "br0", "type", "bridge"]);
+    sh(&["ip", "-n", sw, "link", "set", "br0", "up"]);
+    for (i, (host, cidr)) in [
+        (boot, "10.77.2.1/24"),
+        (rta, "10.77.2.253/24"),
+        (rtb, "10.77.2.254/24"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let port = format!("p{i}");
+        veth(sw, &port, host, "eth0");
+        sh(&["ip", "-n", sw, "link", "set", &port, "master", "br0"]);
+        sh(&["ip", "-n", sw, "link", "set", &port, "up"]);
+        addr(host, "eth0", cidr);
+    }
+    for (rt, home, net, random) in [(rta, a, "10.79.0", false), (rtb, b, "10.78.0", symmetric_b)] {
+        veth(rt, "eth1", home, "eth0");
+        addr(rt, "eth1", &format!("{net}.1/24"));
+        addr(home, "eth0", &format!("{net}.2/24"));
+        sh(&[
+            "ip",
+            "-n",
+            home,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("{net}.1"),
+        ]);
+        in_ns(rt, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let src = format!("{net}.0/24");
+        let mut rule = vec![
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            &src,
+            "-o",
+            "eth0",
+            "-j",
+            "MASQUERADE",
+        ];
+        if random {
+            rule.push("--random");
+        }
+        in_ns(rt, &rule);
+        // Like any home router, nothing unsolicited from outside reaches the
+        // router itself. (Without this, the first punch to arrive would
+        // leave a conntrack entry on the router that makes MASQUERADE pick
+        // another port for the reply: no home router behaves like that.)
+        in_ns(
+            rt,
+            &[
+                "iptables",
+                "-A",
+                "INPUT",
+                "-i",
+                "eth0",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "NEW",
+                "-j",
+                "DROP",
+            ],
+        );
+    }
+    ns
+}
+
+/// Starts tincan-bootstrap (with its voice relay) in `ns` on `ip`; returns
+/// the process, its mesh address and its voice relay as `IP:PORT/PEERID`.
+pub fn start_bootstrap(dir: &Path, ns: &str, ip: &str) -> (Kill, String, String) {
+    let config = dir.join("bootstrap.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "key_file = {:?}\nlisten = [\"/ip4/{ip}/tcp/4001\", \"/ip4/{ip}/udp/4001/quic-v1\"]\n\
+             [voice_relay]\nlisten = \"{ip}:4434\"\n",
+            dir.join("boot.key").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut boot = std::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(crate::workspace_bin("tincan-bootstrap"))
+        .args(["--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let boot_addr = crate::first_stdout_line(&mut boot);
+    let peer = boot_addr.rsplit("/p2p/").next().unwrap().to_owned();
+    (Kill(boot), boot_addr, format!("{ip}:4434/{peer}"))
+}
+
+/// Runs `tincan ARGS --json` for `t` inside `ns`; it must succeed.
+pub fn run_json(t: &Tincan, ns: &str, args: &[&str]) -> serde_json::Value {
+    let out = t
+        .cmd_in(Some(ns))
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
