@@ -395,7 +395,28 @@ fn log_stats(s: &VoiceRelayStats) {
 }
 
 async fn accept_loop(endpoint: Arc<VoiceEndpoint>, shared: Arc<Shared>) {
-    while let Some(incoming) = endpoint.accept().await {
+    // Handshakes finish in tasks of their own, so one dialler that stalls
+    // mid-handshake holds up nobody; the loop below takes them as they
+    // complete. At most max_connections handshakes run at once.
+    let (done_tx, mut done) = tokio::sync::mpsc::channel(64);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(
+        shared.settings.max_connections.max(1),
+    ));
+    let listener = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(accepting) = listener.accept_incoming().await {
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                accepting.refuse();
+                continue;
+            };
+            let done_tx = done_tx.clone();
+            tokio::spawn(async move {
+                let _ = done_tx.send(accepting.finish().await).await;
+                drop(permit);
+            });
+        }
+    });
+    while let Some(incoming) = done.recv().await {
         let conn = match incoming {
             Ok(conn) => conn,
             Err(e) => {

@@ -691,22 +691,22 @@ impl Voice {
 
     async fn accept_loop(self) {
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-        while let Some(incoming) = self.shared.endpoint.accept().await {
-            let conn = match incoming {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::debug!("voice connection not accepted: {e}");
-                    continue;
-                }
-            };
+        while let Some(accepting) = self.shared.endpoint.accept_incoming().await {
+            // Each handshake in its own task, so a silent dialler holds up
+            // nobody; past MAX_HANDSHAKES at once, newcomers are refused.
             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                conn.close();
+                accepting.refuse();
                 continue;
             };
             let voice = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = voice.on_incoming(conn).await {
-                    tracing::debug!("voice handshake failed: {e:#}");
+                match accepting.finish().await {
+                    Ok(conn) => {
+                        if let Err(e) = voice.on_incoming(conn).await {
+                            tracing::debug!("voice handshake failed: {e:#}");
+                        }
+                    }
+                    Err(e) => tracing::debug!("voice connection not accepted: {e}"),
                 }
                 drop(permit);
             });

@@ -228,9 +228,37 @@ impl VoiceEndpoint {
         })
     }
 
+    /// Waits for the next dialler, without waiting for its handshake: run
+    /// [`Accepting::finish`] in a task of its own, so that one slow or
+    /// silent dialler never holds up the others. `None` once closed.
+    pub async fn accept_incoming(&self) -> Option<Accepting> {
+        self.endpoint.accept().await.map(Accepting)
+    }
+
     /// Closes every connection and the socket.
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"bye");
+    }
+}
+
+/// A dialler whose handshake has not finished yet.
+#[derive(Debug)]
+pub struct Accepting(quinn::Incoming);
+
+impl Accepting {
+    /// Where the dialler's first packet came from.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.0.remote_address()
+    }
+
+    /// Completes the handshake (bounded by the idle timeout).
+    pub async fn finish(self) -> Result<VoiceConnection, ConnectError> {
+        VoiceConnection::new(self.0.await?)
+    }
+
+    /// Refuses the dialler without a handshake (too many at once).
+    pub fn refuse(self) {
+        self.0.refuse();
     }
 }
 

@@ -14,7 +14,7 @@ pub mod relay;
 pub mod relay_client;
 
 pub use endpoint::{
-    ALPN, ConnectError, EndpointConfig, EndpointError, VoiceConnection, VoiceEndpoint,
+    ALPN, Accepting, ConnectError, EndpointConfig, EndpointError, VoiceConnection, VoiceEndpoint,
 };
 pub use protocol::{EncodeError, ParseError, VoiceDatagram, VoiceDatagramRef};
 pub use relay::{ConnId, DropReason, Forward, GroupKey, JoinError, Relay, RelayConfig, RelayStats};
