@@ -147,6 +147,7 @@ async fn serve(mut node: Node, options: UpOptions) -> Result<()> {
     let api_state = tincan_api::ApiState::builder(node.store.clone(), dir.clone(), &node.identity)
         .mesh(mesh.clone())
         .clock(node.clock())
+        .voice(crate::voice_api::ApiVoice::new(voice.clone()))
         .build()?;
     let api = tokio::spawn(tincan_api::serve(api_listener, api_state));
     tracing::info!(%api_addr, "local API listening");

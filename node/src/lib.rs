@@ -9,3 +9,4 @@ pub mod daemon;
 pub mod node;
 pub mod password;
 pub mod voice;
+pub mod voice_api;

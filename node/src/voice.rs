@@ -308,7 +308,19 @@ struct Shared {
     deafened: std::sync::atomic::AtomicBool,
     refused: Arc<AtomicU64>,
     received: Arc<AtomicU64>,
+    push_to_talk: std::sync::atomic::AtomicBool,
+    /// The devices the next session opens (changed by `choose_devices`).
+    devices: Mutex<(DeviceSpec, DeviceSpec)>,
+    /// Per-user volumes, kept across sessions.
+    volumes: Mutex<HashMap<UserId, f32>>,
+    /// Who speaks now, as last published.
+    speaking: Mutex<HashMap<UserId, bool>>,
+    /// Speaking changes, for the API's event stream.
+    speaking_tx: tokio::sync::broadcast::Sender<(UserId, bool)>,
 }
+
+/// Speaking changes kept for a slow subscriber.
+const SPEAKING_QUEUE: usize = 256;
 
 /// The voice plane of a running node. Cheap to clone.
 #[derive(Clone)]
@@ -352,13 +364,18 @@ impl Voice {
                 mesh,
                 store,
                 binding,
-                options,
                 session: Mutex::new(None),
                 reflexive: Mutex::new(None),
                 muted: Default::default(),
                 deafened: Default::default(),
                 refused: Default::default(),
                 received: Default::default(),
+                push_to_talk: Default::default(),
+                devices: Mutex::new((options.input.clone(), options.output.clone())),
+                volumes: Mutex::default(),
+                speaking: Mutex::default(),
+                speaking_tx: tokio::sync::broadcast::channel(SPEAKING_QUEUE).0,
+                options,
             }),
         };
         tokio::spawn(voice.clone().accept_loop());
@@ -404,9 +421,10 @@ impl Voice {
             );
         }
         self.leave();
+        let (input, output) = lock(&self.shared.devices).clone();
         let (engine, mut packets) = Engine::start(EngineConfig {
-            input: self.shared.options.input.clone(),
-            output: self.shared.options.output.clone(),
+            input,
+            output,
             capture: CaptureConfig {
                 gate: self.shared.options.gate,
                 ..CaptureConfig::default()
@@ -416,6 +434,12 @@ impl Voice {
         .context("cannot start the audio engine")?;
         engine.set_muted(self.shared.muted.load(Ordering::Relaxed));
         engine.set_deafened(self.shared.deafened.load(Ordering::Relaxed));
+        engine
+            .push_to_talk()
+            .set_pressed(self.shared.push_to_talk.load(Ordering::Relaxed));
+        for (user, gain) in lock(&self.shared.volumes).iter() {
+            engine.set_volume(*user, *gain);
+        }
         let engine = Arc::new(engine);
         let mut planner = PathPlanner::new(
             self.shared.endpoint.peer_id().to_string(),
@@ -490,6 +514,7 @@ impl Voice {
 
     /// Presses or releases push-to-talk (effective in push-to-talk mode).
     pub fn push_to_talk(&self, down: bool) {
+        self.shared.push_to_talk.store(down, Ordering::Relaxed);
         if let Some(s) = lock(&self.shared.session).as_ref() {
             s.engine.push_to_talk().set_pressed(down);
         }
@@ -500,13 +525,89 @@ impl Voice {
         if !(0.0..=4.0).contains(&gain) {
             bail!("a volume is between 0.0 and 4.0, not {gain}");
         }
-        match lock(&self.shared.session).as_ref() {
-            Some(s) => {
-                s.engine.set_volume(user, gain);
-                Ok(())
-            }
-            None => bail!("not in a voice channel: join one first"),
+        lock(&self.shared.volumes).insert(user, gain);
+        if let Some(s) = lock(&self.shared.session).as_ref() {
+            s.engine.set_volume(user, gain);
         }
+        Ok(())
+    }
+
+    /// A user's volume (1.0 unless set).
+    pub fn volume(&self, user: &UserId) -> f32 {
+        lock(&self.shared.volumes).get(user).copied().unwrap_or(1.0)
+    }
+
+    /// Whether push-to-talk is held.
+    pub fn push_to_talk_down(&self) -> bool {
+        self.shared.push_to_talk.load(Ordering::Relaxed)
+    }
+
+    /// The devices the voice session uses (as `--input`/`--output` name them).
+    pub fn devices(&self) -> (DeviceSpec, DeviceSpec) {
+        lock(&self.shared.devices).clone()
+    }
+
+    /// Chooses the microphone and/or speaker; a session in progress
+    /// restarts its audio on them at once.
+    pub fn choose_devices(
+        &self,
+        input: Option<DeviceSpec>,
+        output: Option<DeviceSpec>,
+    ) -> Result<()> {
+        {
+            let mut d = lock(&self.shared.devices);
+            if let Some(i) = input {
+                d.0 = i;
+            }
+            if let Some(o) = output {
+                d.1 = o;
+            }
+        }
+        let current = lock(&self.shared.session)
+            .as_ref()
+            .map(|s| (s.room, s.channel));
+        if let Some((room, channel)) = current {
+            self.join(room, channel)?;
+        }
+        Ok(())
+    }
+
+    /// Speaking changes (user, speaking) from now on, ours included.
+    pub fn speaking_events(&self) -> tokio::sync::broadcast::Receiver<(UserId, bool)> {
+        self.shared.speaking_tx.subscribe()
+    }
+
+    /// Publishes who started or stopped speaking since the last call.
+    fn update_speaking(&self) {
+        let now: HashMap<UserId, bool> = match lock(&self.shared.session).as_ref() {
+            Some(s) => {
+                let mut m: HashMap<UserId, bool> =
+                    s.present.values().map(|u| (*u, false)).collect();
+                for (user, level) in s.engine.levels() {
+                    if level.speaking {
+                        m.insert(user, true);
+                    }
+                }
+                m.insert(
+                    self.user(),
+                    s.engine.counters().self_speaking.load(Ordering::Relaxed),
+                );
+                m
+            }
+            None => HashMap::new(),
+        };
+        let mut last = lock(&self.shared.speaking);
+        for (user, speaking) in &now {
+            if last.get(user).copied().unwrap_or(false) != *speaking {
+                let _ = self.shared.speaking_tx.send((*user, *speaking));
+            }
+        }
+        for (user, was) in last.iter() {
+            if *was && !now.contains_key(user) {
+                let _ = self.shared.speaking_tx.send((*user, false));
+            }
+        }
+        *last = now;
     }
 
     /// The session's state and link statistics.
@@ -900,6 +1001,7 @@ impl Voice {
         let mut last_stats = Instant::now();
         loop {
             tick.tick().await;
+            self.update_speaking();
             if last_presence.elapsed() >= PRESENCE_INTERVAL {
                 last_presence = Instant::now();
                 self.announce().await;
