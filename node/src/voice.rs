@@ -274,6 +274,8 @@ struct Session {
     relay_joining: bool,
     /// The relay link's loss and bitrate, as for direct links.
     relay_rates: Rates,
+    /// The bitrate last given to the encoder.
+    bitrate_bps: u32,
     tasks: Vec<tokio::task::AbortHandle>,
     /// Who may speak here, refreshed each stats round.
     speakers_allowed: Arc<Mutex<HashMap<UserId, bool>>>,
@@ -465,6 +467,7 @@ impl Voice {
             relay_counters: Arc::default(),
             relay_joining: false,
             relay_rates: Rates::default(),
+            bitrate_bps: 32_000,
             tasks: vec![sender.abort_handle()],
             speakers_allowed: Arc::default(),
             present: HashMap::new(),
@@ -1255,8 +1258,20 @@ impl Voice {
     }
 }
 
+/// The encoder's bitrate for the worst loss among our links: the default
+/// 32 kbit/s while the paths are clean, less as they lose more.
+fn bitrate_for_loss(loss: f64) -> u32 {
+    if loss >= 0.10 {
+        16_000
+    } else if loss >= 0.05 {
+        24_000
+    } else {
+        32_000
+    }
+}
+
 /// Recomputes who may speak, and each link's loss and bitrate; feeds the
-/// worst loss back to the encoder.
+/// worst loss back to the encoder (FEC, redundancy and bitrate).
 fn update_stats(store: &Store, s: &mut Session) {
     refresh_permissions(store, s);
     let mut worst_loss: f64 = 0.0;
@@ -1272,6 +1287,14 @@ fn update_stats(store: &Store, s: &mut Session) {
     }
     s.engine
         .set_expected_loss((worst_loss * 100.0).round().clamp(0.0, 100.0) as u8);
+    // Under heavy loss the path is likely congested: send less. FEC and
+    // redundancy (turned on by the expected loss above) need the room.
+    let bitrate = bitrate_for_loss(worst_loss);
+    if bitrate != s.bitrate_bps {
+        s.bitrate_bps = bitrate;
+        s.engine.set_bitrate(bitrate);
+        tracing::debug!(bitrate, loss = worst_loss, "voice bitrate adapted");
+    }
 }
 
 fn refresh_permissions(store: &Store, s: &mut Session) {
@@ -1391,5 +1414,48 @@ async fn receive_relay(
         counters.frames.fetch_add(1, Ordering::Relaxed);
         received.fetch_add(1, Ordering::Relaxed);
         engine.push(user, packet_of(&d), arrived);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_follows_the_spread_of_arrivals() {
+        let start = Instant::now();
+        let mut steady = JitterEstimator::default();
+        let mut shaky = JitterEstimator::default();
+        let (mut j_steady, mut j_shaky) = (0.0, 0.0);
+        for i in 0..500u32 {
+            let ts = i * 480;
+            j_steady = steady.on_frame(start + Duration::from_millis(u64::from(i) * 10), ts);
+            // Alternately 5 ms early and 5 ms late.
+            let wobble = if i % 2 == 0 { 5 } else { 0 };
+            j_shaky = shaky.on_frame(
+                start + Duration::from_millis(u64::from(i) * 10 + wobble),
+                ts,
+            );
+        }
+        assert!(j_steady < 100.0, "{j_steady} us");
+        assert!((4_000.0..6_000.0).contains(&j_shaky), "{j_shaky} us");
+    }
+
+    #[test]
+    fn heavier_loss_means_a_lower_bitrate() {
+        assert_eq!(bitrate_for_loss(0.0), 32_000);
+        assert_eq!(bitrate_for_loss(0.06), 24_000);
+        assert_eq!(bitrate_for_loss(0.2), 16_000);
+    }
+
+    #[test]
+    fn gates_and_relays_parse() {
+        assert_eq!(parse_gate("open"), Ok(GateMode::AlwaysOn));
+        assert!(parse_gate("loud").is_err());
+        let peer = "12D3KooWPizzfo9AQpWuwX69r5e84noMpck3ouKCyrvxUAHZ3P3c";
+        let r = parse_relay(&format!("10.0.0.1:4434/{peer}")).unwrap();
+        assert_eq!(r.addr, "10.0.0.1:4434".parse().unwrap());
+        assert!(parse_relay("10.0.0.1:4434").is_err());
+        assert!(parse_relay(&format!("nowhere/{peer}")).is_err());
     }
 }
