@@ -30,8 +30,23 @@ use crate::rest::header_token;
 
 pub(crate) type ApiSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
-/// The session token a GraphQL request carries.
-struct Auth(Option<String>);
+/// The session of a GraphQL request or WebSocket, looked up (and charged to
+/// the session's rate limit) once per request or connection.
+struct Auth(Result<Session, ParseError>);
+
+fn missing_session() -> ParseError {
+    ParseError::new(
+        code::SESSION_MISSING,
+        "GraphQL needs a session: send X-Parse-Session-Token (or, on a WebSocket, {\"sessionToken\":..} in connection_init)",
+    )
+}
+
+fn auth(state: &ApiState, token: Option<String>) -> Auth {
+    Auth(match token {
+        Some(t) => state.inner.accounts.session(&t),
+        None => Err(missing_session()),
+    })
+}
 
 fn gql_err(e: ParseError) -> async_graphql::Error {
     let code = e.code;
@@ -40,12 +55,14 @@ fn gql_err(e: ParseError) -> async_graphql::Error {
 
 fn session(ctx: &Context<'_>) -> async_graphql::Result<Session> {
     let state = ctx.data::<ApiState>()?;
-    match ctx.data_opt::<Auth>().and_then(|a| a.0.as_deref()) {
-        Some(t) => state.inner.accounts.session(t).map_err(gql_err),
-        None => Err(gql_err(ParseError::new(
-            code::SESSION_MISSING,
-            "GraphQL needs a session: send X-Parse-Session-Token (or, on a WebSocket, {\"sessionToken\":..} in connection_init)",
+    match ctx.data_opt::<Auth>().map(|a| &a.0) {
+        Some(Ok(s)) if state.inner.accounts.is_live(&s.token) => Ok(s.clone()),
+        Some(Ok(_)) => Err(gql_err(ParseError::new(
+            code::INVALID_SESSION_TOKEN,
+            "the session ended (logged out or expired): log in again",
         ))),
+        Some(Err(e)) => Err(gql_err(e.clone())),
+        None => Err(gql_err(missing_session())),
     }
 }
 
@@ -531,26 +548,32 @@ pub(crate) fn schema(state: &ApiState) -> ApiSchema {
 pub(crate) fn routes(state: &ApiState) -> Router<ApiState> {
     let schema = schema(state);
     let get_schema = schema.clone();
-    Router::new().route(
-        "/graphql",
-        get(
-            move |State(state): State<ApiState>, req: axum::extract::Request| {
-                let schema = get_schema.clone();
-                async move { graphql_get(state, schema, req).await }
-            },
+    Router::new()
+        .route(
+            "/graphql",
+            get(
+                move |State(state): State<ApiState>, req: axum::extract::Request| {
+                    let schema = get_schema.clone();
+                    async move { graphql_get(state, schema, req).await }
+                },
+            )
+            .post(
+                move |State(state): State<ApiState>,
+                      headers: axum::http::HeaderMap,
+                      req: GraphQLRequest| {
+                    let schema = schema.clone();
+                    async move {
+                        let auth = auth(&state, header_token(&headers));
+                        let resp: GraphQLResponse =
+                            schema.execute(req.into_inner().data(auth)).await.into();
+                        resp
+                    }
+                },
+            ),
         )
-        .post(move |headers: axum::http::HeaderMap, req: GraphQLRequest| {
-            let schema = schema.clone();
-            async move {
-                let token = header_token(&headers);
-                let resp: GraphQLResponse = schema
-                    .execute(req.into_inner().data(Auth(token)))
-                    .await
-                    .into();
-                resp
-            }
-        }),
-    )
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.inner.config.max_body_bytes,
+        ))
 }
 
 async fn graphql_get(state: ApiState, schema: ApiSchema, req: axum::extract::Request) -> Response {
@@ -589,6 +612,7 @@ async fn graphql_get(state: ApiState, schema: ApiSchema, req: axum::extract::Req
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| async move {
+            let ws_state = state.clone();
             GraphQLWebSocket::new(socket, schema, protocol)
                 .on_connection_init(move |payload| async move {
                     let token = payload
@@ -597,7 +621,7 @@ async fn graphql_get(state: ApiState, schema: ApiSchema, req: axum::extract::Req
                         .map(str::to_owned)
                         .or(header);
                     let mut data = Data::default();
-                    data.insert(Auth(token));
+                    data.insert(auth(&ws_state, token));
                     Ok(data)
                 })
                 .serve()
