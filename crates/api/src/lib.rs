@@ -210,6 +210,7 @@ pub fn router(state: ApiState, local: SocketAddr) -> Router {
     if !local.ip().is_loopback() && !local.ip().is_unspecified() {
         origins.extend(HeaderValue::from_str(&format!("http://{local}")).ok());
     }
+    let allowed = Arc::new(origins.clone());
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
@@ -228,11 +229,35 @@ pub fn router(state: ApiState, local: SocketAddr) -> Router {
         .merge(v1::routes())
         .merge(openapi::routes())
         .fallback(rest::not_found)
+        .layer(axum::middleware::from_fn(move |req, next| {
+            refuse_foreign_origins(allowed.clone(), req, next)
+        }))
         .layer(cors)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             rest::panic_response,
         ))
         .with_state(state)
+}
+
+/// Refuses requests that a web page of another origin makes. CORS alone
+/// does not stop them: the Parse JS SDK's `text/plain` POSTs (and WebSocket
+/// upgrades) need no preflight, so a foreign page could sign up accounts or
+/// guess passwords, unable to read the answers but with the side effects.
+/// Browsers send `Origin` on such requests; apps outside a browser send
+/// none and pass.
+async fn refuse_foreign_origins(
+    allowed: Arc<Vec<HeaderValue>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match req.headers().get(axum::http::header::ORIGIN) {
+        Some(origin) if !allowed.iter().any(|a| a == origin) => ParseError::forbidden(
+            "requests from web pages of other origins are refused: serve your page from the node, or add its origin to the API's allowed origins",
+        )
+        .into_response(),
+        _ => next.run(req).await,
+    }
 }
 
 /// Serves the API on `listener` until the future is dropped (or the

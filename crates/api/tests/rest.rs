@@ -758,6 +758,30 @@ async fn cors_admits_only_the_nodes_own_origin() {
     );
     let evil = preflight("http://evil.example".into()).await.unwrap();
     assert!(evil.headers().get("access-control-allow-origin").is_none());
+
+    // A simple request (text/plain, no preflight) from a foreign page is
+    // refused before it does anything; the node's own origin passes.
+    let signup = |origin: &str, name: &str| {
+        n.http
+            .post(format!("{}/parse/users", n.url))
+            .header("Origin", origin.to_owned())
+            .header("content-type", "text/plain")
+            .body(json!({"username": name, "password": "pw", "_ApplicationId": "x"}).to_string())
+            .send()
+    };
+    let r = signup("http://evil.example", "victim").await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], 119);
+    n.err(
+        "POST",
+        "/parse/login",
+        None,
+        Some(json!({"username": "victim", "password": "pw"})),
+        101,
+    )
+    .await;
+    let r = signup(&n.url, "friend").await.unwrap();
+    assert_eq!(r.status(), 201);
 }
 
 #[tokio::test]
