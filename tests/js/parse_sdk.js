@@ -100,9 +100,20 @@ async function main() {
   for (const action of ['alice opened the room', 'alice made two channels']) {
     await new RoomLog({ room, action }).save(null, asAlice);
   }
-  const logs = await new Parse.Query(RoomLog).equalTo('room', room).ascending('createdAt').find(asAlice);
+  const logs = await new Parse.Query(RoomLog).equalTo('room', room).ascending('createdAt').include('user').find(asAlice);
   assert.deepEqual(logs.map((l) => l.get('action')), ['alice opened the room', 'alice made two channels']);
   assert.equal(logs[0].get('user').id, alice.id);
+  assert.equal(logs[0].get('user').get('username'), 'alice');
+  // saveAll goes through /parse/batch; dates and $in through where.
+  const since = logs[1].createdAt;
+  await Parse.Object.saveAll(['lap 1', 'lap 2', 'lap 3'].map((action) => new RoomLog({ room, action })), asAlice);
+  const laps = await new Parse.Query(RoomLog)
+    .equalTo('room', room)
+    .greaterThanOrEqualTo('createdAt', since)
+    .containedIn('action', ['lap 1', 'lap 3', 'nope'])
+    .ascending('action')
+    .find(asAlice);
+  assert.deepEqual(laps.map((l) => l.get('action')), ['lap 1', 'lap 3']);
 
   // Bob signs up on node B and joins alice's room by its id: node B fetches
   // the room from node A.
