@@ -141,6 +141,9 @@ impl ApiState {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        if let Some(mesh) = &self.inner.mesh {
+            let _ = mesh.unsubscribe_room(id).await;
+        }
         Err(ParseError::not_found(format!(
             "Room {id} did not arrive from any peer within {} s: check the node's peers (GET /v1/peers), or that its owner's node is up",
             self.inner.config.room_fetch_timeout.as_secs()
