@@ -139,6 +139,12 @@ async fn livequery_pushes_create_update_enter_leave_delete() {
         "{ev}"
     );
 
+    // The "query" op answers with what the subscription matches now.
+    send(&mut ws, json!({"op": "query", "requestId": 1})).await;
+    let r = next(&mut ws).await;
+    assert_eq!((r["op"].as_str(), r["requestId"].as_i64()), (Some("result"), Some(1)), "{r}");
+    assert_eq!(r["results"], json!([]));
+
     // Unsubscribed: no more events for 1.
     send(&mut ws, json!({"op": "unsubscribe", "requestId": 1})).await;
     assert_eq!(next(&mut ws).await["op"], "unsubscribed");
