@@ -299,6 +299,11 @@ impl Client {
             return Vec::new();
         };
         let room_deleted = class == Class::Room && change.kind == ChangeKind::Deleted;
+        // A membership change may change what its user can read.
+        let member_change = match &change.record.record().body {
+            tincan_core::Body::Member(m) => Some((m.room, m.user)),
+            _ => None,
+        };
         let mut out = Vec::new();
         let accounts = &self.state.inner.accounts;
         for (request_id, sub) in self.subs.iter_mut() {
@@ -324,6 +329,18 @@ impl Client {
                         );
                     }
                 }
+            }
+            if let Some((room, user)) = member_change
+                && sub.class == Class::Channel
+                && sub.session.user == user
+            {
+                out.extend(Self::resync_room_channels(
+                    &self.state,
+                    self.id,
+                    *request_id,
+                    sub,
+                    room,
+                ));
             }
             if sub.class != class {
                 continue;
@@ -376,6 +393,60 @@ impl Client {
                     msg["original"] = Self::shaped(sub.class, &sub.keys, orig);
                 }
                 out.push(msg);
+            }
+        }
+        out
+    }
+
+    /// Brings a Channel subscription up to date for one room, after its
+    /// user's membership changed: channels that became readable `enter`,
+    /// channels that stopped being readable `leave`.
+    fn resync_room_channels(
+        state: &ApiState,
+        client: u64,
+        request_id: i64,
+        sub: &mut Subscription,
+        room: tincan_core::RoomId,
+    ) -> Vec<Value> {
+        let store = &state.inner.store;
+        let room_hex = room.to_hex();
+        let mut now: HashMap<String, Value> = HashMap::new();
+        if let Ok(Some(view)) = store.room(&room)
+            && crate::model::can_read_room(store, &view, &sub.session.user).unwrap_or(false)
+        {
+            for c in store.channels(&room).unwrap_or_default() {
+                let o = crate::model::channel_json(&c);
+                if sub.filter.matches(&o) {
+                    now.insert(c.channel.id.to_hex(), o);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let before: Vec<String> = sub
+            .tracked
+            .iter()
+            .filter(|(_, o)| {
+                o.pointer("/room/objectId").and_then(Value::as_str) == Some(room_hex.as_str())
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in &before {
+            if !now.contains_key(id)
+                && let Some(o) = sub.tracked.remove(id)
+            {
+                out.push(
+                    json!({"op": "leave", "clientId": client, "requestId": request_id,
+                    "object": Self::shaped(sub.class, &sub.keys, o)}),
+                );
+            }
+        }
+        for (id, o) in now {
+            if !sub.tracked.contains_key(&id) && sub.tracked.len() < MAX_TRACKED {
+                out.push(
+                    json!({"op": "enter", "clientId": client, "requestId": request_id,
+                    "object": Self::shaped(sub.class, &sub.keys, o.clone())}),
+                );
+                sub.tracked.insert(id, o);
             }
         }
         out

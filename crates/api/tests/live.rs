@@ -142,7 +142,11 @@ async fn livequery_pushes_create_update_enter_leave_delete() {
     // The "query" op answers with what the subscription matches now.
     send(&mut ws, json!({"op": "query", "requestId": 1})).await;
     let r = next(&mut ws).await;
-    assert_eq!((r["op"].as_str(), r["requestId"].as_i64()), (Some("result"), Some(1)), "{r}");
+    assert_eq!(
+        (r["op"].as_str(), r["requestId"].as_i64()),
+        (Some("result"), Some(1)),
+        "{r}"
+    );
     assert_eq!(r["results"], json!([]));
 
     // Unsubscribed: no more events for 1.
@@ -200,7 +204,16 @@ async fn livequery_checks_read_rules_on_the_push_path() {
     send(&mut ws, json!({"op": "subscribe", "requestId": 1, "sessionToken": b, "query": {"className": "RoomLog", "where": {}}})).await;
     assert_eq!(next(&mut ws).await["op"], "subscribed");
 
-    // Bob is not a member of the invite-only room: alice's entry is not pushed to him.
+    send(&mut ws, json!({"op": "subscribe", "requestId": 2, "sessionToken": b, "query": {"className": "Channel", "where": {"room": room_ptr(&room)}}})).await;
+    assert_eq!(next(&mut ws).await["op"], "subscribed");
+    n.create(
+        "Channel",
+        &a,
+        json!({"room": room_ptr(&room), "name": "hidden"}),
+    )
+    .await;
+
+    // Bob is not a member of the invite-only room: alice's channel and entry are not pushed to him.
     n.create(
         "RoomLog",
         &a,
@@ -208,7 +221,7 @@ async fn livequery_checks_read_rules_on_the_push_path() {
     )
     .await;
     assert_eq!(quiet(&mut ws, Duration::from_millis(400)).await, None);
-    // Admitted, he gets the next one.
+    // Admitted, the channel enters his subscription, and he gets the next entry.
     n.ok(
         "PUT",
         &format!("/parse/classes/Room/{room}"),
@@ -216,6 +229,16 @@ async fn livequery_checks_read_rules_on_the_push_path() {
         Some(json!({"members": {"__op": "AddUnique", "objects": [user_ptr(&bob)]}})),
     )
     .await;
+    let ev = next(&mut ws).await;
+    assert_eq!(
+        (
+            ev["op"].as_str(),
+            ev["requestId"].as_i64(),
+            ev["object"]["name"].as_str()
+        ),
+        (Some("enter"), Some(2), Some("hidden")),
+        "{ev}"
+    );
     n.create(
         "RoomLog",
         &a,
