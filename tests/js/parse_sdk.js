@@ -128,6 +128,14 @@ async function main() {
   await roomOnB.save(null, asBob);
   await roomOnB.fetch(asBob);
   assert.equal(roomOnB.get('title'), 'SDK room');
+  // Same objectIds on every node; users known to the mesh include alice.
+  const aliceOnB = await eventually('alice\'s profile reaching node B', 20000, () =>
+    new Parse.Query(Parse.User).equalTo('username', 'alice').first(asBob),
+  );
+  assert.equal(aliceOnB.id, alice.id);
+  const named = await new Parse.Query(Room).select('title').get(room.id, asBob);
+  assert.equal(named.get('title'), 'SDK room');
+  assert.equal(named.get('owner'), undefined);
 
   // Alice, on node A, subscribes to bob's entries in the room.
   on(A);

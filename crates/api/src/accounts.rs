@@ -61,6 +61,10 @@ pub struct Session {
     pub username: String,
     /// The unlocked key, to sign this user's writes.
     pub key: Arc<UserKey>,
+    /// When it was made, Unix milliseconds.
+    pub created_ms: u64,
+    /// When it ends, Unix milliseconds.
+    pub expires_ms: u64,
     expires: Instant,
 }
 
@@ -411,11 +415,14 @@ impl Accounts {
 
     fn new_session(&self, user: UserId, username: &str, key: Arc<UserKey>) -> ApiResult<Session> {
         let now = Instant::now();
+        let wall = tincan_store::clock::wall_ms();
         let session = Session {
             token: new_token()?,
             user,
             username: username.to_owned(),
             key,
+            created_ms: wall,
+            expires_ms: wall.saturating_add(self.limits.lifetime.as_millis() as u64),
             expires: now + self.limits.lifetime,
         };
         let mut sessions = lock(&self.sessions);

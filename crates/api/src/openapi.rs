@@ -89,6 +89,8 @@ pub(crate) fn document() -> Value {
                 "get": op("users known to the mesh", "listUsers", "200", results.clone(), json!({"parameters": query_params.clone()}))
             },
             "/parse/users/me": {"get": op("the session's user", "me", "200", user_session.clone(), json!({}))},
+            "/parse/sessions/me": {"get": op("the session: token, user, expiresAt", "mySession", "200",
+                json!({"type": "object", "required": ["sessionToken", "user", "expiresAt"]}), json!({}))},
             "/parse/users/{objectId}": {
                 "parameters": [id_param.clone()],
                 "get": op("a user", "getUser", "200", obj.clone(), json!({})),

@@ -279,7 +279,18 @@ pub(crate) async fn dispatch(state: &ApiState, call: Call) -> ApiResult<(StatusC
             state.inner.accounts.log_out(&s.token);
             ok(json!({}))
         }
-        ("GET", ["users", "me"]) | ("GET", ["sessions", "me"]) => {
+        ("GET", ["sessions", "me"]) => {
+            let s = session(state, &call.token)?;
+            ok(json!({
+                "sessionToken": s.token,
+                "user": model::pointer("_User", &s.user.to_hex()),
+                "createdAt": model::iso_date(s.created_ms),
+                "expiresAt": model::date_object(s.expires_ms),
+                "createdWith": {"action": "login", "authProvider": "password"},
+                "restricted": false,
+            }))
+        }
+        ("GET", ["users", "me"]) => {
             let s = session(state, &call.token)?;
             let email = state.inner.accounts.email(&s.user);
             let v = user_with_session(state, &LoggedIn { session: s, email }).await?;

@@ -92,6 +92,14 @@ async fn accounts_sessions_and_profiles() {
 
     let got = n.ok("GET", "/parse/users/me", Some(&a_tok), None).await;
     assert_eq!(got["username"], "alice");
+    let s = n.ok("GET", "/parse/sessions/me", Some(&a_tok), None).await;
+    assert_eq!(s["user"], user_ptr(&alice));
+    assert_eq!(s["sessionToken"], a_tok);
+    // Expires in 30 days (the default), give or take the test's run time.
+    let expires =
+        tincan_api::model::parse_iso_date(s["expiresAt"]["iso"].as_str().unwrap()).unwrap();
+    let created = tincan_api::model::parse_iso_date(s["createdAt"].as_str().unwrap()).unwrap();
+    assert_eq!(expires - created, 30 * 24 * 3600 * 1000);
     // Users known to the mesh: the node's and alice's profiles.
     let users = n.ok("GET", "/parse/users", Some(&a_tok), None).await;
     assert_eq!(users["results"].as_array().unwrap().len(), 2, "{users}");
