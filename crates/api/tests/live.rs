@@ -481,3 +481,69 @@ async fn graphql_queries_mutations_and_a_subscription() {
             .starts_with("tick")
     );
 }
+
+#[tokio::test]
+async fn livequery_room_updates_when_members_change() {
+    let n = start(fast_config(), None).await;
+    let (_alice, a) = n.sign_up("alice").await;
+    let (bob, b) = n.sign_up("bob").await;
+    let room = n.create("Room", &a, json!({"title": "club"})).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(n.ws_url("/parse/"))
+        .await
+        .unwrap();
+    send(
+        &mut ws,
+        json!({"op": "connect", "applicationId": "test", "sessionToken": a}),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await["op"], "connected");
+    send(&mut ws, json!({"op": "subscribe", "requestId": 7, "query": {"className": "Room", "where": {"objectId": room}}})).await;
+    assert_eq!(next(&mut ws).await["op"], "subscribed");
+
+    n.ok(
+        "PUT",
+        &format!("/parse/classes/Room/{room}"),
+        Some(&b),
+        Some(json!({"members": {"__op": "AddUnique", "objects": [user_ptr(&bob)]}})),
+    )
+    .await;
+    let ev = next(&mut ws).await;
+    assert_eq!(ev["op"], "update", "{ev}");
+    assert!(
+        ev["object"]["members"]
+            .as_array()
+            .unwrap()
+            .contains(&user_ptr(&bob))
+    );
+    assert!(
+        !ev["original"]["members"]
+            .as_array()
+            .unwrap()
+            .contains(&user_ptr(&bob))
+    );
+
+    n.ok(
+        "PUT",
+        &format!("/parse/classes/Room/{room}"),
+        Some(&a),
+        Some(json!({"title": "club 2"})),
+    )
+    .await;
+    let ev = next(&mut ws).await;
+    assert_eq!(
+        (ev["op"].as_str(), ev["object"]["title"].as_str()),
+        (Some("update"), Some("club 2"))
+    );
+    n.ok(
+        "DELETE",
+        &format!("/parse/classes/Room/{room}"),
+        Some(&a),
+        None,
+    )
+    .await;
+    let ev = next(&mut ws).await;
+    assert_eq!(
+        (ev["op"].as_str(), ev["object"]["objectId"].as_str()),
+        (Some("delete"), Some(room.as_str()))
+    );
+}
