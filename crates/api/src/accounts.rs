@@ -27,6 +27,8 @@ use crate::error::{ApiResult, ParseError, code};
 
 const ACCOUNTS_FILE: &str = "accounts.json";
 const ACCOUNTS_FORMAT: &str = "tincan-accounts";
+/// Most accounts one node keeps (sign-up refuses more).
+pub const MAX_ACCOUNTS: usize = 1000;
 
 /// One account made through the API.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -315,6 +317,14 @@ impl Accounts {
             ));
         }
         self.check_login_rate()?;
+        if lock(&self.file).accounts.len() >= MAX_ACCOUNTS {
+            return Err(ParseError::new(
+                code::VALIDATION_ERROR,
+                format!(
+                    "this node already has {MAX_ACCOUNTS} accounts: delete unused ones (DELETE /parse/users/:id) first"
+                ),
+            ));
+        }
         if self.username_taken(&lock(&self.file), username) {
             return Err(ParseError::new(
                 code::USERNAME_TAKEN,

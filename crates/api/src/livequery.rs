@@ -44,6 +44,10 @@ const MAX_TRACKED: usize = 10_000;
 const MAX_SUBSCRIPTIONS: usize = 64;
 /// Largest message a client may send.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Messages a client may send per second, sustained (a subscribe runs a query).
+const MESSAGES_PER_S: f64 = 20.0;
+/// Messages a client may send in a burst.
+const MESSAGE_BURST: f64 = 100.0;
 
 pub(crate) async fn upgrade(state: ApiState, upgrade: WebSocketUpgrade) -> Response {
     let Ok(permit) = state.inner.websockets.clone().try_acquire_owned() else {
@@ -75,6 +79,8 @@ struct Client {
     connected: bool,
     session: Option<Session>,
     subs: HashMap<i64, Subscription>,
+    /// Token bucket of the client's messages: (tokens, last refill).
+    budget: (f64, std::time::Instant),
 }
 
 fn error(code: i64, message: impl Into<String>, request_id: Option<i64>, reconnect: bool) -> Value {
@@ -98,6 +104,7 @@ impl Client {
             connected: false,
             session: None,
             subs: HashMap::new(),
+            budget: (MESSAGE_BURST, std::time::Instant::now()),
         }
     }
 
@@ -127,6 +134,20 @@ impl Client {
     }
 
     fn on_message(&mut self, text: &str) -> Vec<Value> {
+        let now = std::time::Instant::now();
+        let (tokens, last) = self.budget;
+        let tokens = (tokens + now.saturating_duration_since(last).as_secs_f64() * MESSAGES_PER_S)
+            .min(MESSAGE_BURST);
+        if tokens < 1.0 {
+            self.budget = (tokens, now);
+            return vec![error(
+                code::REQUEST_LIMIT_EXCEEDED,
+                format!("more than {MESSAGES_PER_S} LiveQuery messages a second: slow down"),
+                None,
+                false,
+            )];
+        }
+        self.budget = (tokens - 1.0, now);
         let msg: Map<String, Value> = match serde_json::from_str(text) {
             Ok(Value::Object(m)) => m,
             _ => {

@@ -547,3 +547,36 @@ async fn livequery_room_updates_when_members_change() {
         (Some("delete"), Some(room.as_str()))
     );
 }
+
+#[tokio::test]
+async fn livequery_limits_a_flooding_client() {
+    let n = start(fast_config(), None).await;
+    let (_alice, a) = n.sign_up("alice").await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(n.ws_url("/parse"))
+        .await
+        .unwrap();
+    send(
+        &mut ws,
+        json!({"op": "connect", "applicationId": "test", "sessionToken": a}),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await["op"], "connected");
+    for i in 0..150 {
+        send(&mut ws, json!({"op": "subscribe", "requestId": 1, "query": {"className": "Room", "where": {"n": i}}})).await;
+    }
+    let mut limited = 0;
+    for _ in 0..150 {
+        let m = next(&mut ws).await;
+        if m["code"] == 155 {
+            limited += 1;
+        }
+    }
+    assert!(
+        limited >= 40,
+        "only {limited} of 150 messages at once were limited (burst 100)"
+    );
+    // The connection still works afterwards.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    send(&mut ws, json!({"op": "unsubscribe", "requestId": 1})).await;
+    assert_eq!(next(&mut ws).await["op"], "unsubscribed");
+}
