@@ -56,7 +56,9 @@ fi
 
 report=$work/report
 set +e
-"$st" run "$url/openapi.json" \
+# schemathesis keeps a .schemathesis/ folder in its working directory:
+# run it in the scratch directory, not in the work tree.
+(cd "$work" && "$st" run "$url/openapi.json" \
     --checks not_a_server_error \
     "${exclude[@]}" \
     --rate-limit 90/s \
@@ -64,7 +66,7 @@ set +e
     --workers 1 \
     --suppress-health-check all \
     -H "X-Parse-Session-Token: $token" \
-    --report junit --report-dir "$report" 2>&1 | tee "$work/st.out"
+    --report junit --report-dir "$report") 2>&1 | tee "$work/st.out"
 status=${PIPESTATUS[0]}
 set -e
 
