@@ -140,15 +140,25 @@ async fn serve(mut node: Node, options: UpOptions) -> Result<()> {
     let api_ip = options
         .api_listen
         .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
-    let api_listener = TcpListener::bind((api_ip, options.api_port)).await.with_context(|| {
-        format!("cannot listen on {api_ip}:{} for the local API (is another node using it?): pass --api-port, 0 for any free port", options.api_port)
-    })?;
-    let api_addr = api_listener.local_addr()?;
-    let api_state = tincan_api::ApiState::builder(node.store.clone(), dir.clone(), &node.identity)
-        .mesh(mesh.clone())
-        .clock(node.clock())
-        .voice(crate::voice_api::ApiVoice::new(voice.clone()))
-        .build()?;
+    let api_setup = async {
+        let listener = TcpListener::bind((api_ip, options.api_port)).await.with_context(|| {
+            format!("cannot listen on {api_ip}:{} for the local API (is another node using it?): pass --api-port, 0 for any free port", options.api_port)
+        })?;
+        let state = tincan_api::ApiState::builder(node.store.clone(), dir.clone(), &node.identity)
+            .mesh(mesh.clone())
+            .clock(node.clock())
+            .voice(crate::voice_api::ApiVoice::new(voice.clone()))
+            .build()?;
+        anyhow::Ok((listener.local_addr()?, listener, state))
+    };
+    let (api_addr, api_listener, api_state) = match api_setup.await {
+        Ok(x) => x,
+        Err(e) => {
+            // Not running after all: leave no control file behind.
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+    };
     let api = tokio::spawn(tincan_api::serve(api_listener, api_state));
     tracing::info!(%api_addr, "local API listening");
     eprintln!("Local API on http://{api_addr} (Parse serverURL http://{api_addr}/parse)");
