@@ -117,6 +117,9 @@ pub enum Command {
         /// When the microphone is sent: vad (while you speak), ptt (while push-to-talk is held), open (always)
         #[arg(long, default_value = "vad", value_parser = crate::voice::parse_gate)]
         gate: tincan_audio::capture::GateMode,
+        /// Most peers a voice channel's full mesh connects to directly; larger channels go through the voice relay
+        #[arg(long, default_value_t = 16)]
+        voice_mesh_limit: usize,
     },
     /// Voice: join or leave a channel, mute, deafen (acts on the running node)
     Voice {
@@ -528,6 +531,7 @@ pub(crate) fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
             voice_relays,
             voice_impair,
             gate,
+            voice_mesh_limit,
             api_port,
             api_listen,
         } => {
@@ -541,6 +545,7 @@ pub(crate) fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
                     .collect::<Result<_>>()?,
                 impairment: voice_impair,
                 gate,
+                max_direct_peers: voice_mesh_limit,
             };
             let options = crate::daemon::UpOptions {
                 control_port,

@@ -86,6 +86,9 @@ pub struct VoiceOptions {
     pub impairment: Option<tincan_media::impair::Impairment>,
     /// When the microphone is sent.
     pub gate: GateMode,
+    /// Most peers a channel's full mesh connects to directly; past it,
+    /// the relay carries the channel.
+    pub max_direct_peers: usize,
 }
 
 impl Default for VoiceOptions {
@@ -97,6 +100,7 @@ impl Default for VoiceOptions {
             relays: Vec::new(),
             impairment: None,
             gate: GateMode::VoiceActivity,
+            max_direct_peers: PlannerConfig::default().max_direct_peers,
         }
     }
 }
@@ -445,7 +449,10 @@ impl Voice {
         let engine = Arc::new(engine);
         let mut planner = PathPlanner::new(
             self.shared.endpoint.peer_id().to_string(),
-            PlannerConfig::default(),
+            PlannerConfig {
+                max_direct_peers: self.shared.options.max_direct_peers,
+                ..PlannerConfig::default()
+            },
         );
         planner.set_channel(Some((room, channel)));
         // The sender: each frame to every link, and to the relay when on it.

@@ -53,16 +53,18 @@ pub fn write_speech(path: &Path, seconds: f32) -> Vec<f32> {
     out
 }
 
-/// How well a recording carries what was sent: the best alignment of
-/// several one-second windows of `sent` in `received`, searched over lags up
-/// to `max_lag_s`, and the median correlation of those windows.
+/// How well a recording carries what was sent: the best alignment of each
+/// half-second window of `sent` (from the second second on) in `received`,
+/// searched over lags up to `max_lag_s`, and the median correlation of
+/// those windows. Windows are short because a jitter buffer that adapts
+/// its delay shifts the alignment now and then.
 pub fn received_correlation(
     sent: &[f32],
     received_wav: &Path,
     max_lag_s: f32,
 ) -> (f64, Vec<Alignment>) {
     let received = read_mono_48k(received_wav).unwrap_or_default();
-    let window = 48_000;
+    let window = 24_000;
     let max_lag = (max_lag_s * 48_000.0) as usize;
     let mut found = Vec::new();
     let mut from = 48_000;
@@ -70,7 +72,7 @@ pub fn received_correlation(
         if let Some(a) = best_alignment(sent, &received, from, window, max_lag) {
             found.push(a);
         }
-        from += 2 * window;
+        from += window;
     }
     let mut c: Vec<f64> = found.iter().map(|a| a.correlation).collect();
     c.sort_by(|a, b| a.total_cmp(b));

@@ -31,16 +31,24 @@ const CLICK_EVERY: usize = 48_000 * 3 / 10; // 300 ms
 const SECONDS: usize = 20;
 const IMPAIR: &str = "delay=20ms,jitter=5ms,loss=2%";
 
-/// Clicks: 5 ms tone bursts with a sharp attack, every 300 ms.
+/// Clicks: 5 ms tone bursts with a sharp attack, about every 300 ms. Each
+/// is moved by a seeded random 0 to 10 ms, so clicks fall anywhere within
+/// the 10 ms frames the microphone is cut into, as speech onsets do (clicks
+/// all on frame starts would all wait the longest).
 fn write_clicks(path: &Path) -> Vec<usize> {
     let mut s = vec![0.0f32; 48_000 * SECONDS];
     let mut at = Vec::new();
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut i = 24_000;
-    while i + 480 < s.len() {
+    while i + CLICK_EVERY < s.len() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let onset = i + (state % 480) as usize;
         for k in 0..240 {
-            s[i + k] = 0.8 * (2.0 * std::f32::consts::PI * 2000.0 * k as f32 / 48_000.0).sin();
+            s[onset + k] = 0.8 * (2.0 * std::f32::consts::PI * 2000.0 * k as f32 / 48_000.0).sin();
         }
-        at.push(i);
+        at.push(onset);
         i += CLICK_EVERY;
     }
     let mut w = WavWriter::create(path).unwrap();
@@ -89,6 +97,14 @@ fn measure(label: &str, ns: Option<(&str, &str)>, extra: &[&str]) {
     if ns.is_none() {
         b_args.extend(["--bootstrap", &a_mesh]);
     }
+    // Behind NATs, bob also dials alice through the bootstrap node's relay.
+    let circuit = extra.iter().position(|a| *a == "--bootstrap").map(|i| {
+        let alice_id = alice.json(&["id"])["node_id"].as_str().unwrap().to_owned();
+        format!("{}/p2p-circuit/p2p/{alice_id}", extra[i + 1])
+    });
+    if let Some(c) = &circuit {
+        b_args.extend(["--bootstrap", c]);
+    }
     let b = RunningNode::start_in(&bob, ns_b, &b_args);
     let in_a = |args: &[&str]| match ns_a {
         Some(n) => run_json(&alice, n, args),
@@ -127,6 +143,10 @@ fn measure(label: &str, ns: Option<(&str, &str)>, extra: &[&str]) {
             .and_then(|l| l.first().cloned())
     })
     .expect("no voice link");
+    let link_seen = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
     std::thread::sleep(Duration::from_secs_f64(SECONDS as f64 + 0.5));
     let a_status = in_a(&["status"]);
     let b_status = in_b(&["status"]);
@@ -140,9 +160,9 @@ fn measure(label: &str, ns: Option<(&str, &str)>, extra: &[&str]) {
     let onsets = click_onsets(&received, 0.15, 4_800);
     let mut latencies = Vec::new();
     let mut lost = 0usize;
-    // Clicks spoken before the link was up cannot be heard; count from the
-    // first click after B's output started and the link existed.
-    let link_up = b_start + 0.5;
+    // Clicks spoken before the link was up cannot be heard: count from the
+    // first click after the link was seen (and B's speaker had started).
+    let link_up = link_seen.max(b_start) + 0.1;
     let mut considered = 0usize;
     for &s in &sent_at {
         let spoken = a_start + s as f64 / 48_000.0;

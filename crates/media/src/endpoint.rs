@@ -30,6 +30,8 @@ pub const ALPN: &[u8] = b"tincan-voice/1";
 pub struct EndpointConfig {
     /// Bytes of datagrams waiting to be sent per connection; past it quinn
     /// drops the oldest. A few frames: stale voice is worse than none.
+    /// (Bytes, not frames: voice frames are far smaller than the largest
+    /// datagram, so a count of largest datagrams would hold a second.)
     pub datagram_send_buffer: usize,
     /// Keep-alive: NAT mappings and silence both need traffic.
     pub keep_alive: Duration,
@@ -43,7 +45,11 @@ pub struct EndpointConfig {
 impl Default for EndpointConfig {
     fn default() -> Self {
         EndpointConfig {
-            datagram_send_buffer: 8 * MAX_DATAGRAM_LEN,
+            // About 8 voice frames (80 to 250 bytes each with redundancy),
+            // and always room for one datagram of the largest size: past
+            // it quinn drops the oldest, so at most some 80 ms of stale
+            // voice ever waits behind congestion control.
+            datagram_send_buffer: MAX_DATAGRAM_LEN + 800,
             keep_alive: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
             impairment: None,

@@ -813,6 +813,14 @@ impl Driver {
                 if self.config.advertise_listen_addrs && !is_circuit(&address) {
                     self.swarm.add_external_address(address.clone());
                 }
+                if is_circuit(&address) {
+                    // A relay reservation: behind a NAT this may be the only
+                    // way in. Announce it, and announce the followed rooms
+                    // again, since provider records made before it carried
+                    // no address a peer could dial.
+                    self.swarm.add_external_address(address.clone());
+                    self.announce_rooms();
+                }
                 let addrs: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
                 for w in self.addr_waiters.drain(..) {
                     let _ = w.send(addrs.clone());
