@@ -29,7 +29,7 @@ use tincan_audio::codec::VoicePacket;
 use tincan_audio::device::DeviceSpec;
 use tincan_audio::engine::{Engine, EngineConfig};
 use tincan_core::permissions::{Action, allows};
-use tincan_core::{ChannelId, NodeBinding, RoomId, UserId};
+use tincan_core::{ChannelId, NodeBinding, RoomId, UserId, UserKey};
 use tincan_media::control::{
     Answer, Hello, MAX_CONTROL_MESSAGE, MAX_PROOF_RECORDS, Refused, Request, Welcome, read_message,
     write_message,
@@ -315,6 +315,9 @@ struct Shared {
     refused: Arc<AtomicU64>,
     received: Arc<AtomicU64>,
     push_to_talk: std::sync::atomic::AtomicBool,
+    /// The binding of the user the session speaks for (the node's own user,
+    /// or a user of the local API).
+    current_binding: Mutex<NodeBinding>,
     /// The devices the next session opens (changed by `choose_devices`).
     devices: Mutex<(DeviceSpec, DeviceSpec)>,
     /// Per-user volumes, kept across sessions.
@@ -377,6 +380,7 @@ impl Voice {
                 refused: Default::default(),
                 received: Default::default(),
                 push_to_talk: Default::default(),
+                current_binding: Mutex::new(binding.clone()),
                 devices: Mutex::new((options.input.clone(), options.output.clone())),
                 volumes: Mutex::default(),
                 speaking: Mutex::default(),
@@ -396,13 +400,33 @@ impl Voice {
         Ok(self.shared.endpoint.local_addr()?)
     }
 
-    fn user(&self) -> UserId {
-        self.shared.binding.user
+    /// The binding of the user the voice session speaks for.
+    fn binding(&self) -> NodeBinding {
+        lock(&self.shared.current_binding).clone()
     }
 
-    /// Joins a voice channel (leaving any other): starts the audio engine
-    /// and announces our presence; peers are connected as they are found.
+    fn user(&self) -> UserId {
+        self.binding().user
+    }
+
+    /// Joins a voice channel as the node's own user (leaving any other).
     pub fn join(&self, room: RoomId, channel: ChannelId) -> Result<()> {
+        self.join_with(self.shared.binding.clone(), room, channel)
+    }
+
+    /// Joins a voice channel as `user`, a user of this node (logged in
+    /// through the local API): the node signs nothing for them; their key
+    /// vouches for this node in a fresh binding.
+    pub fn join_as(&self, user: &UserKey, room: RoomId, channel: ChannelId) -> Result<()> {
+        let node = self.shared.binding.node;
+        let issued = tincan_core::Hlc::new(crate::node::wall_ms(), 0);
+        self.join_with(NodeBinding::new(user, node, issued), room, channel)
+    }
+
+    /// Joins a voice channel (leaving any other) as the binding's user:
+    /// starts the audio engine and announces our presence; peers are
+    /// connected as they are found.
+    fn join_with(&self, binding: NodeBinding, room: RoomId, channel: ChannelId) -> Result<()> {
         let store = &self.shared.store;
         let view = store
             .room(&room)?
@@ -410,7 +434,7 @@ impl Voice {
         let ch = store.channel(&room, &channel)?.ok_or_else(|| {
             anyhow!("room {room} has no channel {channel}: `tincan channel list {room}` shows them")
         })?;
-        let me = self.user();
+        let me = binding.user;
         let membership = store.membership(&room, &me)?;
         let may_listen = allows(
             &ch.channel.permissions,
@@ -427,6 +451,7 @@ impl Voice {
             );
         }
         self.leave();
+        *lock(&self.shared.current_binding) = binding;
         let (input, output) = lock(&self.shared.devices).clone();
         let (engine, mut packets) = Engine::start(EngineConfig {
             input,
@@ -713,7 +738,7 @@ impl Voice {
             .as_ref()
             .is_some_and(|s| s.relay.is_some());
         Presence {
-            binding: self.shared.binding.clone(),
+            binding: self.binding(),
             room,
             channel,
             candidates,
@@ -1116,7 +1141,7 @@ impl Voice {
             Hello {
                 room: s.room,
                 channel: s.channel,
-                binding: self.shared.binding.clone(),
+                binding: self.binding(),
                 proof: Vec::new(),
             }
         };
@@ -1251,7 +1276,7 @@ impl Voice {
         let hello = Hello {
             room,
             channel,
-            binding: self.shared.binding.clone(),
+            binding: self.binding(),
             proof,
         };
         let mut last = anyhow!("no voice relay configured");

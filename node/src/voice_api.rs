@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tincan_api::{Devices, LinkStats, Participant, VoiceControl, VoiceEvent, VoiceStatus};
 use tincan_audio::device::{DeviceDirection, DeviceSpec, list_devices};
-use tincan_core::{ChannelId, RoomId, UserId};
+use tincan_core::{ChannelId, RoomId, UserId, UserKey};
 
 use crate::voice::Voice;
 
@@ -71,8 +71,10 @@ impl ApiVoice {
 }
 
 impl VoiceControl for ApiVoice {
-    fn join(&self, room: RoomId, channel: ChannelId) -> Result<(), String> {
-        self.voice.join(room, channel).map_err(|e| format!("{e:#}"))
+    fn join(&self, user: &UserKey, room: RoomId, channel: ChannelId) -> Result<(), String> {
+        self.voice
+            .join_as(user, room, channel)
+            .map_err(|e| format!("{e:#}"))
     }
 
     fn leave(&self) -> Result<(), String> {

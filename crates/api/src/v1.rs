@@ -224,7 +224,7 @@ async fn voice_join(State(state): State<ApiState>, req: Request) -> Response {
                 "no Channel {channel} in room {room} visible to you"
             )));
         }
-        v.join(room, channel).map_err(voice_error)?;
+        v.join(&s.key, room, channel).map_err(voice_error)?;
         Ok(json!({}))
     })();
     reply(r)

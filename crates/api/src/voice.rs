@@ -5,13 +5,14 @@
 //! In JSON, ids are hex strings (as everywhere in the API).
 
 use serde::{Serialize, Serializer};
-use tincan_core::{ChannelId, RoomId, UserId};
+use tincan_core::{ChannelId, RoomId, UserId, UserKey};
 
 /// What the API asks of the voice session. Methods return quickly: they
 /// hand the request to the session and never wait for the network.
 pub trait VoiceControl: Send + Sync + 'static {
-    /// Joins voice channel `channel` of `room` (leaving any other first).
-    fn join(&self, room: RoomId, channel: ChannelId) -> Result<(), String>;
+    /// Joins voice channel `channel` of `room` (leaving any other first)
+    /// as `user`, the logged-in user whose key vouches for this node.
+    fn join(&self, user: &UserKey, room: RoomId, channel: ChannelId) -> Result<(), String>;
     /// Leaves the voice channel.
     fn leave(&self) -> Result<(), String>;
     /// Mutes or unmutes the microphone.

@@ -11,7 +11,7 @@ use common::{fast_config, room_ptr, start};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tincan_api::{Devices, LinkStats, Participant, VoiceControl, VoiceEvent, VoiceStatus};
-use tincan_core::{ChannelId, RoomId, UserId};
+use tincan_core::{ChannelId, RoomId, UserId, UserKey};
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -21,11 +21,11 @@ struct Recorder {
 }
 
 impl VoiceControl for Recorder {
-    fn join(&self, room: RoomId, channel: ChannelId) -> Result<(), String> {
+    fn join(&self, user: &UserKey, room: RoomId, channel: ChannelId) -> Result<(), String> {
         self.calls
             .lock()
             .unwrap()
-            .push(format!("join {room} {channel}"));
+            .push(format!("join {} {room} {channel}", user.id().to_hex()));
         Ok(())
     }
     fn leave(&self) -> Result<(), String> {
@@ -127,7 +127,7 @@ async fn voice_routes_reach_the_voice_session() {
         events: tx.clone(),
     });
     let n = start(fast_config(), Some(rec.clone())).await;
-    let (_, a) = n.sign_up("alice").await;
+    let (alice, a) = n.sign_up("alice").await;
     let room = n.create("Room", &a, json!({"title": "voice"})).await;
     let ch = n
         .create(
@@ -230,7 +230,8 @@ async fn voice_routes_reach_the_voice_session() {
     assert_eq!(
         calls,
         [
-            format!("join {room} {ch}"),
+            // The session's own user joins, with their own key.
+            format!("join {alice} {room} {ch}"),
             "muted true".into(),
             "deafened false".into(),
             "ptt true".into(),
