@@ -367,6 +367,7 @@ impl Voice {
         };
         let endpoint = VoiceEndpoint::bind(node_seed, options.listen, &config)
             .context("cannot start the voice endpoint")?;
+        let current_binding = binding.clone();
         let voice = Voice {
             shared: Arc::new(Shared {
                 endpoint,
@@ -380,7 +381,7 @@ impl Voice {
                 refused: Default::default(),
                 received: Default::default(),
                 push_to_talk: Default::default(),
-                current_binding: Mutex::new(binding.clone()),
+                current_binding: Mutex::new(current_binding),
                 devices: Mutex::new((options.input.clone(), options.output.clone())),
                 volumes: Mutex::default(),
                 speaking: Mutex::default(),
