@@ -8,6 +8,7 @@
 //!   WebSocket, and a GraphiQL page.
 //! - `/v1`: our own node status, mesh peers and voice controls.
 //! - `/openapi.json`: the OpenAPI document of `/parse` and `/v1`.
+//! - `/`: the web control panel (`web.rs`), a page that uses the above.
 //!
 //! A write becomes a record signed by the logged-in user's key, applied to
 //! the store (which checks the rules: what they forbid fails with 119 and
@@ -34,6 +35,7 @@ pub mod query;
 mod rest;
 mod v1;
 pub mod voice;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -228,6 +230,7 @@ pub fn router(state: ApiState, local: SocketAddr) -> Router {
         .merge(graphql::routes(&state))
         .merge(v1::routes())
         .merge(openapi::routes())
+        .merge(web::routes())
         .fallback(rest::not_found)
         .layer(axum::middleware::from_fn(move |req, next| {
             refuse_foreign_origins(allowed.clone(), req, next)
