@@ -16,8 +16,8 @@ const step = (what) => console.log(`web ui: ${((Date.now() - T0) / 1000).toFixed
 
 async function signUp(page, url, username) {
   await page.goto(url);
-  await page.getByLabel('Username').fill(username);
-  await page.getByLabel('Password').fill(`pw-${username}-secret`);
+  await page.locator('#auth-username').fill(username);
+  await page.locator('#auth-password').fill(`pw-${username}-secret`);
   await page.getByRole('button', { name: 'Sign up' }).click();
   await page.locator('#me-name').waitFor();
   return page.locator('#me-name').getAttribute('data-user');
@@ -117,6 +117,16 @@ async function main() {
     await b.setViewportSize({ width: 390, height: 844 });
     await b.screenshot({ path: path.join(SHOTS, 'node-b-phone.png'), fullPage: true });
     step(`screenshots in ${SHOTS}`);
+
+    // Profile: a new username shows at once on A, and on B by gossip (after
+    // B's page asks for the name again: a reload, which also shows the
+    // session survives one).
+    await a.locator('#profile-username').fill('alice-renamed');
+    await a.getByRole('button', { name: 'Save profile' }).click();
+    await expect(a.locator('#me-name', { hasText: 'alice-renamed' }), 'A: the new username');
+    await b.reload();
+    await expect(b.locator('#room-owner', { hasText: 'alice-renamed' }), 'B: the owner renamed, after a reload', 10000);
+    step('A renamed alice; B shows the new name');
 
     // A node that cannot be reached gets a clear banner (the page polls it).
     await a.context().setOffline(true);

@@ -251,6 +251,25 @@ function setVoice(status) {
   if (before !== status.channel) renderRoom();
 }
 
+async function saveProfile(ev) {
+  ev.preventDefault();
+  showError('profile-error', null);
+  const body = {};
+  const name = $('profile-username').value.trim();
+  const pw = $('profile-password').value;
+  if (name && name !== state.me.username) body.username = name;
+  if (pw) body.password = pw;
+  if (!Object.keys(body).length) return;
+  try {
+    await api('PUT', `/parse/users/${state.me.objectId}`, body);
+    $('profile-password').value = '';
+    state.me = await api('GET', '/parse/users/me');
+    state.users.set(state.me.objectId, state.me.username);
+    $('profile-error').textContent = 'Saved.';
+    renderAll();
+  } catch (e) { showError('profile-error', e); }
+}
+
 // ---------- rendering ----------
 
 function renderAll() { renderWho(); renderRooms(); renderRoom(); renderLog(); renderVoice(); }
@@ -262,6 +281,7 @@ function renderWho() {
     h('code', { title: 'fingerprint' }, state.me.fingerprint || ''),
     h('button', { type: 'button', class: 'secondary', onclick: () => logout() }, 'Log out'),
   );
+  if (document.activeElement !== $('profile-username')) $('profile-username').value = state.me.username;
 }
 
 function renderRooms() {
@@ -504,5 +524,6 @@ setInterval(() => {
 $('auth-form').addEventListener('submit', authSubmit);
 $('create-room-form').addEventListener('submit', createRoom);
 $('join-room-form').addEventListener('submit', joinRoom);
+$('profile-form').addEventListener('submit', saveProfile);
 wireVoiceControls();
 if (state.token) start(); else showAuth();
