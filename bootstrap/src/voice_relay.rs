@@ -397,10 +397,12 @@ fn log_stats(s: &VoiceRelayStats) {
 async fn accept_loop(endpoint: Arc<VoiceEndpoint>, shared: Arc<Shared>) {
     // Handshakes finish in tasks of their own, so one dialler that stalls
     // mid-handshake holds up nobody; the loop below takes them as they
-    // complete. At most max_connections handshakes run at once.
+    // complete. Handshakes in flight are bounded apart from connections
+    // (a few beyond max_connections), so a full relay still finishes the
+    // handshake of a newcomer and tells it why it is refused.
     let (done_tx, mut done) = tokio::sync::mpsc::channel(64);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(
-        shared.settings.max_connections.max(1),
+        shared.settings.max_connections.saturating_add(16),
     ));
     let listener = endpoint.clone();
     tokio::spawn(async move {
@@ -411,8 +413,9 @@ async fn accept_loop(endpoint: Arc<VoiceEndpoint>, shared: Arc<Shared>) {
             };
             let done_tx = done_tx.clone();
             tokio::spawn(async move {
-                let _ = done_tx.send(accepting.finish().await).await;
+                let result = accepting.finish().await;
                 drop(permit);
+                let _ = done_tx.send(result).await;
             });
         }
     });

@@ -15,7 +15,7 @@ use tincan_tests::netns::{addr, lossy, run_json, start_bootstrap, two_homes, vet
 use tincan_tests::voice::{received_correlation, write_speech};
 use tincan_tests::{Namespaces, RunningNode, Tincan, eventually, netns_unavailable, sh};
 
-const LIMIT: Duration = Duration::from_secs(40);
+const LIMIT: Duration = Duration::from_secs(60);
 /// Seconds of speech alice plays.
 const SPEECH_S: f32 = 10.0;
 
