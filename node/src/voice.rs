@@ -35,7 +35,9 @@ use tincan_media::control::{
     write_message,
 };
 use tincan_media::paths::{Action as PathAction, Path, PathPlanner, PlannerConfig, is_private};
-use tincan_media::presence::{Candidate, CandidateKind, PRESENCE_INTERVAL, Presence};
+use tincan_media::presence::{
+    Candidate, CandidateKind, PRESENCE_INTERVAL, PRESENCE_TIMEOUT, Presence,
+};
 use tincan_media::relay_client::{RelayAddr, RelaySession, observe_address};
 use tincan_media::{
     EndpointConfig, VoiceConnection, VoiceDatagram, VoiceDatagramRef, VoiceEndpoint,
@@ -326,7 +328,20 @@ struct Shared {
     speaking: Mutex<HashMap<UserId, bool>>,
     /// Speaking changes, for the API's event stream.
     speaking_tx: tokio::sync::broadcast::Sender<(UserId, bool)>,
+    /// Who is in which voice channel of each followed room, from every
+    /// presence heard (not only our session's channel): what the panel
+    /// shows under each channel.
+    rooms_present: Mutex<HashMap<RoomId, RoomPresence>>,
 }
+
+/// The nodes heard in a room's voice channels: node, its user, the channel,
+/// when last heard.
+type RoomPresence = HashMap<PeerId, (UserId, ChannelId, Instant)>;
+
+/// Rooms and nodes per room whose presence is remembered; past them new
+/// ones are ignored until old ones expire.
+const MAX_PRESENCE_ROOMS: usize = 256;
+const MAX_PRESENCE_PER_ROOM: usize = 512;
 
 /// Speaking changes kept for a slow subscriber.
 const SPEAKING_QUEUE: usize = 256;
@@ -386,6 +401,7 @@ impl Voice {
                 volumes: Mutex::default(),
                 speaking: Mutex::default(),
                 speaking_tx: tokio::sync::broadcast::channel(SPEAKING_QUEUE).0,
+                rooms_present: Mutex::default(),
                 options,
             }),
         };
@@ -606,6 +622,60 @@ impl Voice {
             self.join(room, channel)?;
         }
         Ok(())
+    }
+
+    fn remember_presence(&self, from: PeerId, presence: &Presence) {
+        let mut all = lock(&self.shared.rooms_present);
+        let now = Instant::now();
+        for peers in all.values_mut() {
+            peers.retain(|_, (_, _, at)| now.duration_since(*at) < PRESENCE_TIMEOUT);
+        }
+        all.retain(|_, peers| !peers.is_empty());
+        match presence.channel {
+            Some(channel) => {
+                if all.len() >= MAX_PRESENCE_ROOMS && !all.contains_key(&presence.room) {
+                    return;
+                }
+                let peers = all.entry(presence.room).or_default();
+                if peers.len() < MAX_PRESENCE_PER_ROOM || peers.contains_key(&from) {
+                    peers.insert(from, (presence.binding.user, channel, now));
+                }
+            }
+            None => {
+                if let Some(peers) = all.get_mut(&presence.room) {
+                    peers.remove(&from);
+                }
+            }
+        }
+    }
+
+    /// Who is in which voice channel of `room`: everyone whose presence
+    /// was heard lately, and us.
+    pub fn room_presence(&self, room: RoomId) -> Vec<(ChannelId, Vec<UserId>)> {
+        let mut by_channel: HashMap<ChannelId, Vec<UserId>> = HashMap::new();
+        let now = Instant::now();
+        if let Some(peers) = lock(&self.shared.rooms_present).get(&room) {
+            for (user, channel, at) in peers.values() {
+                if now.duration_since(*at) < PRESENCE_TIMEOUT {
+                    by_channel.entry(*channel).or_default().push(*user);
+                }
+            }
+        }
+        if let Some(s) = lock(&self.shared.session).as_ref()
+            && s.room == room
+        {
+            by_channel.entry(s.channel).or_default().push(self.user());
+        }
+        let mut out: Vec<(ChannelId, Vec<UserId>)> = by_channel
+            .into_iter()
+            .map(|(c, mut users)| {
+                users.sort();
+                users.dedup();
+                (c, users)
+            })
+            .collect();
+        out.sort_by_key(|(c, _)| *c);
+        out
     }
 
     /// Speaking changes (user, speaking) from now on, ours included.
@@ -1003,6 +1073,7 @@ impl Voice {
                         continue;
                     }
                 };
+            self.remember_presence(signal.from, &presence);
             let newcomer = {
                 let mut guard = lock(&self.shared.session);
                 let Some(s) = guard.as_mut() else { continue };

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tincan_api::{Devices, LinkStats, Participant, VoiceControl, VoiceEvent, VoiceStatus};
+use tincan_api::{
+    ChannelPresence, Devices, LinkStats, Participant, VoiceControl, VoiceEvent, VoiceStatus,
+};
 use tincan_audio::device::{DeviceDirection, DeviceSpec, list_devices};
 use tincan_core::{ChannelId, RoomId, UserId, UserKey};
 
@@ -178,6 +180,14 @@ impl VoiceControl for ApiVoice {
                 })
                 .collect(),
         }
+    }
+
+    fn presence(&self, room: RoomId) -> Vec<ChannelPresence> {
+        self.voice
+            .room_presence(room)
+            .into_iter()
+            .map(|(channel, users)| ChannelPresence { channel, users })
+            .collect()
     }
 
     fn events(&self) -> tokio::sync::broadcast::Receiver<VoiceEvent> {

@@ -80,6 +80,11 @@ async function main() {
     await expect(b.locator('#log-list li', { hasText: 'created channel Raid' }), 'B: the activity log entry from A');
     step('B shows the channel A made, live; A shows bob as a member');
 
+    // Before joining, B sees who is in each voice channel (presence gossip).
+    await expect(b.locator('#channel-list li', { hasText: 'General' }).locator('.in-voice .member', { hasText: 'alice' }),
+      'B: alice shown in General before B joins it', 15000);
+    step('B shows alice in the General voice channel before joining it');
+
     // B joins voice and sees alice speaking (A's WAV input plays speech).
     await b.getByRole('button', { name: 'Join voice in General' }).click();
     await expect(b.locator('#voice-where', { hasText: 'In voice: General' }), 'B: in voice');

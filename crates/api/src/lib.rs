@@ -51,7 +51,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use accounts::{Session, SessionLimits};
 pub use error::ParseError;
-pub use voice::{Devices, LinkStats, Participant, VoiceControl, VoiceEvent, VoiceStatus};
+pub use voice::{
+    ChannelPresence, Devices, LinkStats, Participant, VoiceControl, VoiceEvent, VoiceStatus,
+};
 
 /// Tuning of the API.
 #[derive(Clone, Debug)]

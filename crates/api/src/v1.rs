@@ -26,6 +26,7 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
         .route("/v1/voice/status", get(voice_status))
+        .route("/v1/voice/presence", post(voice_presence))
         .route("/v1/voice/join", post(voice_join))
         .route("/v1/voice/leave", post(voice_leave))
         .route("/v1/voice/mute", post(voice_mute))
@@ -204,6 +205,27 @@ async fn voice_status(State(state): State<ApiState>, req: Request) -> Response {
     let _ = with_session!(state, req);
     let v = with_voice!(state);
     reply(serde_json::to_value(v.status()).map_err(ParseError::internal))
+}
+
+async fn voice_presence(State(state): State<ApiState>, req: Request) -> Response {
+    let (s, call) = with_session!(state, req);
+    let v = with_voice!(state);
+    let r = (|| {
+        let room = model::room_id(str_field(&call.body, "room")?)?;
+        let store = &call.state.inner.store;
+        let visible = match store.room(&room)? {
+            Some(rv) => model::can_read_room(store, &rv, &s.user)?,
+            None => false,
+        };
+        if !visible {
+            return Err(ParseError::not_found(format!(
+                "no Room {room} visible to you on this node"
+            )));
+        }
+        let channels = serde_json::to_value(v.presence(room)).map_err(ParseError::internal)?;
+        Ok(json!({ "room": room.to_hex(), "channels": channels }))
+    })();
+    reply(r)
 }
 
 async fn voice_join(State(state): State<ApiState>, req: Request) -> Response {

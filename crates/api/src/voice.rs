@@ -29,6 +29,12 @@ pub trait VoiceControl: Send + Sync + 'static {
     fn choose_devices(&self, input: Option<String>, output: Option<String>) -> Result<(), String>;
     /// Where the session is and how its links do.
     fn status(&self) -> VoiceStatus;
+    /// Who is in which voice channel of `room`, as their presence signals
+    /// say (users on other nodes too, for any channel, joined or not).
+    fn presence(&self, room: RoomId) -> Vec<ChannelPresence> {
+        let _ = room;
+        Vec::new()
+    }
     /// Speaking changes and status updates, as they happen.
     fn events(&self) -> tokio::sync::broadcast::Receiver<VoiceEvent>;
 }
@@ -97,6 +103,25 @@ pub struct LinkStats {
     pub jitter_ms: f64,
     /// Receive bitrate, kbit/s.
     pub bitrate_kbps: f64,
+}
+
+/// The users in one voice channel.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ChannelPresence {
+    /// The channel.
+    #[serde(serialize_with = "hex_channel")]
+    pub channel: ChannelId,
+    /// Who is in it.
+    #[serde(serialize_with = "hex_users")]
+    pub users: Vec<UserId>,
+}
+
+fn hex_channel<S: Serializer>(c: &ChannelId, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&c.to_hex())
+}
+
+fn hex_users<S: Serializer>(u: &[UserId], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(u.iter().map(UserId::to_hex))
 }
 
 /// What `/v1/events` streams.

@@ -12,6 +12,8 @@ const state = {
   me: null,            // {objectId, username, fingerprint}
   rooms: new Map(),    // objectId -> Room JSON
   channels: new Map(), // objectId -> Channel JSON
+  presence: new Map(), // channel objectId -> user objectIds in its voice
+  presenceKey: '',
   logs: [],            // RoomLog JSON of the selected room, newest first
   users: new Map(),    // objectId -> username (or a pending promise)
   selected: sessionStorage.getItem('tincan.room'),
@@ -311,7 +313,9 @@ function renderRoom() {
     h('div', { id: 'members' }, (room.members || []).map((m) => h('span', { class: 'member' }, username(m.objectId)))),
     h('h3', {}, 'Voice channels'),
     h('ul', { id: 'channel-list', class: 'list' }, channels.length ? channels.map((c) => h('li', { 'data-channel': c.objectId },
-      h('span', {}, c.objectId === inVoice ? '▶ ' : '# ', h('span', { class: 'channel-name' }, c.name)),
+      h('span', {}, c.objectId === inVoice ? '▶ ' : '# ', h('span', { class: 'channel-name' }, c.name),
+        h('span', { class: 'in-voice', 'data-in-voice': c.objectId },
+          (state.presence.get(c.objectId) || []).map((u) => h('span', { class: 'member' }, username(u))))),
       h('span', { class: 'row' },
         c.objectId === inVoice
           ? h('button', { type: 'button', class: 'secondary', onclick: () => voiceCall('/v1/voice/leave') }, 'Leave voice')
@@ -514,6 +518,23 @@ async function start() {
   refreshVoice();
   loadDevices();
 }
+
+// Who is in each voice channel of the open room, joined or not: presence
+// signals gossiped by every node in a channel, polled every 2 s.
+async function refreshPresence() {
+  if (!state.token || !state.selected) return;
+  try {
+    const r = await api('POST', '/v1/voice/presence', { room: state.selected });
+    const next = new Map((r.channels || []).map((c) => [c.channel, c.users]));
+    const key = JSON.stringify([...next.entries()]);
+    if (key !== state.presenceKey) {
+      state.presence = next;
+      state.presenceKey = key;
+      renderRoom();
+    }
+  } catch (e) { /* no voice on this node, or the room is gone */ }
+}
+setInterval(refreshPresence, 2000);
 
 // Whether the node is still there (a WebSocket alone can take long to notice).
 setInterval(() => {
