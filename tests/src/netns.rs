@@ -63,7 +63,9 @@ pub fn lossy(router: &str, probability: f64) {
 /// node `boot` at .1, and two homes: `a` (10.79.0.2) behind router `rta`
 /// (.253 outside) and `b` (10.78.0.2) behind `rtb` (.254 outside). Both
 /// routers masquerade; `symmetric_b` makes rtb pick a random port per
-/// destination (`MASQUERADE --random`), which defeats hole punching.
+/// destination (`MASQUERADE --random`), which defeats hole punching. rta
+/// forwards TCP 4001 to `a` (a port forward for the mesh only; UDP, and so
+/// voice, is never forwarded).
 pub fn two_homes(prefix: &str, symmetric_b: bool) -> Namespaces {
     let ns = Namespaces::create(prefix, &["boot", "rta", "a", "rtb", "b", "sw"]);
     let [boot, rta, a, rtb, b, sw] = [0, 1, 2, 3, 4, 5].map(|i| ns.names[i].as_str());
@@ -116,6 +118,31 @@ pub fn two_homes(prefix: &str, symmetric_b: bool) -> Namespaces {
             rule.push("--random");
         }
         in_ns(rt, &rule);
+        if rt == rta {
+            // A port forward for the mesh (TCP 4001) to the home host; the
+            // voice socket (UDP) is not forwarded and stays behind the NAT.
+            let to = format!("{net}.2:4001");
+            in_ns(
+                rt,
+                &[
+                    "iptables",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "PREROUTING",
+                    "-i",
+                    "eth0",
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    "4001",
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    &to,
+                ],
+            );
+        }
         // Like any home router, nothing unsolicited from outside reaches the
         // router itself. (Without this, the first punch to arrive would
         // leave a conntrack entry on the router that makes MASQUERADE pick
