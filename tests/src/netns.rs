@@ -208,3 +208,12 @@ pub fn run_json(t: &Tincan, ns: &str, args: &[&str]) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
 }
+
+/// `--bootstrap` arguments after the first in `args`, extended with the
+/// relay-circuit address of `through`'s node via that bootstrap node: how a
+/// node behind a NAT dials another one behind a NAT at once.
+pub fn circuit_to(args: &[&str], through: &Tincan) -> Option<String> {
+    let i = args.iter().position(|a| *a == "--bootstrap")?;
+    let id = through.json(&["id"])["node_id"].as_str()?.to_owned();
+    Some(format!("{}/p2p-circuit/p2p/{id}", args.get(i + 1)?))
+}

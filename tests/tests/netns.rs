@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use tincan_tests::netns::run_json;
 use tincan_tests::{Namespaces, RunningNode, Tincan, eventually, netns_unavailable, sh};
 
 /// Two hosts on one LAN: namespaces `a` and `b`, each with a veth into a
@@ -101,21 +102,6 @@ fn two_nodes_on_a_lan_find_each_other_by_mdns_and_replicate_a_room() {
     .expect("the room's channel and log did not reach the other namespace within 20 s");
     assert!(b.stop().success());
     assert!(a.stop().success());
-}
-
-fn run_json(t: &Tincan, ns: &str, args: &[&str]) -> serde_json::Value {
-    let out = t
-        .cmd_in(Some(ns))
-        .args(args)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} in {ns}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
 }
 
 /// An internet in miniature: `boot` (a bootstrap node) and `a` (a player

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tincan_audio::analysis::click_onsets;
 use tincan_audio::wav::{WavWriter, read_mono_48k};
-use tincan_tests::netns::{addr, run_json, start_bootstrap, two_homes, veth};
+use tincan_tests::netns::{addr, circuit_to, run_json, start_bootstrap, two_homes, veth};
 use tincan_tests::{Namespaces, RunningNode, Tincan, eventually, netns_unavailable, sh};
 
 const CLICK_EVERY: usize = 48_000 * 3 / 10; // 300 ms
@@ -98,10 +98,7 @@ fn measure(label: &str, ns: Option<(&str, &str)>, extra: &[&str]) {
         b_args.extend(["--bootstrap", &a_mesh]);
     }
     // Behind NATs, bob also dials alice through the bootstrap node's relay.
-    let circuit = extra.iter().position(|a| *a == "--bootstrap").map(|i| {
-        let alice_id = alice.json(&["id"])["node_id"].as_str().unwrap().to_owned();
-        format!("{}/p2p-circuit/p2p/{alice_id}", extra[i + 1])
-    });
+    let circuit = circuit_to(extra, &alice);
     if let Some(c) = &circuit {
         b_args.extend(["--bootstrap", c]);
     }

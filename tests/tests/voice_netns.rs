@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use tincan_tests::netns::{addr, lossy, run_json, start_bootstrap, two_homes, veth};
+use tincan_tests::netns::{addr, circuit_to, lossy, run_json, start_bootstrap, two_homes, veth};
 use tincan_tests::voice::{received_correlation, write_speech};
 use tincan_tests::{Namespaces, RunningNode, Tincan, eventually, netns_unavailable, sh};
 
@@ -59,10 +59,7 @@ fn talk(label: &str, ns_a: &str, ns_b: &str, lan: bool, extra: &[&str], want_pat
     // through the bootstrap node's relay at once, so that this test of
     // voice does not wait on the DHT.
     let a = RunningNode::start_in(&alice, Some(ns_a), &a_args);
-    let circuit = extra.iter().position(|a| *a == "--bootstrap").map(|i| {
-        let alice_id = alice.json(&["id"])["node_id"].as_str().unwrap().to_owned();
-        format!("{}/p2p-circuit/p2p/{alice_id}", extra[i + 1])
-    });
+    let circuit = circuit_to(extra, &alice);
     if let Some(c) = &circuit {
         b_args.extend(["--bootstrap", c]);
     }

@@ -138,9 +138,7 @@ impl PathPlanner {
     /// The channel we are in (or none). Peers of another channel are
     /// forgotten at the next [`Self::poll`].
     pub fn set_channel(&mut self, channel: Option<(RoomId, ChannelId)>) {
-        if self.channel != channel {
-            self.channel = channel;
-        }
+        self.channel = channel;
     }
 
     /// A peer's presence (already verified).
