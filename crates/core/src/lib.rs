@@ -22,6 +22,7 @@ pub mod merge;
 pub mod permissions;
 pub mod record;
 pub mod rules;
+pub mod seal;
 
 pub use error::{DecodeError, IdentityError, RecordError, RuleError, SignError};
 pub use hlc::{Hlc, HlcClock};
