@@ -200,7 +200,44 @@ impl ApiState {
     }
 }
 
-/// The router, for a node reached at `local` (its own origin passes CORS).
+/// The Host header values the API answers to when it serves on `local`:
+/// `127.0.0.1:PORT`, `localhost:PORT`, `[::1]:PORT`, and `local` itself
+/// when it is another address (`--api-listen`). Lower case.
+pub fn allowed_hosts(local: SocketAddr) -> Vec<String> {
+    let port = local.port();
+    let mut hosts = vec![
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+    ];
+    if !local.ip().is_loopback() && !local.ip().is_unspecified() {
+        hosts.push(local.to_string());
+    }
+    hosts
+}
+
+/// Whether `host` (a Host header or a request target's authority) names
+/// this API: one of `allowed`, or, when the API listens on every address
+/// (`--api-listen 0.0.0.0`), any IP address with its port. A DNS
+/// rebinding page needs a name of its own to be same-origin with the node,
+/// and an address literal is not one.
+fn host_allowed(host: &str, allowed: &[String], local: SocketAddr) -> bool {
+    let host = host.trim().to_ascii_lowercase();
+    if allowed.contains(&host) {
+        return true;
+    }
+    // Browsers leave out the default port.
+    if local.port() == 80 && allowed.iter().any(|a| a.strip_suffix(":80") == Some(&host)) {
+        return true;
+    }
+    local.ip().is_unspecified()
+        && host
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| a.port() == local.port())
+}
+
+/// The router, for a node reached at `local` (its own origin passes CORS,
+/// its own host names pass the Host check).
 pub fn router(state: ApiState, local: SocketAddr) -> Router {
     let port = local.port();
     let mut origins: Vec<HeaderValue> = [
@@ -215,6 +252,7 @@ pub fn router(state: ApiState, local: SocketAddr) -> Router {
         origins.extend(HeaderValue::from_str(&format!("http://{local}")).ok());
     }
     let allowed = Arc::new(origins.clone());
+    let hosts = Arc::new(allowed_hosts(local));
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
@@ -241,7 +279,49 @@ pub fn router(state: ApiState, local: SocketAddr) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             rest::panic_response,
         ))
+        // Outermost: before CORS, WebSocket upgrades or any handler.
+        .layer(axum::middleware::from_fn(move |req, next| {
+            refuse_foreign_hosts(hosts.clone(), local, req, next)
+        }))
         .with_state(state)
+}
+
+/// Refuses requests for a host other than this API (421): a web page on a
+/// name of its own that resolves to 127.0.0.1 (DNS rebinding) is
+/// same-origin with itself, so the Origin check and CORS let it through;
+/// its requests still carry its own name as Host. Both the Host header and
+/// an absolute request target must name this API, and one must be there.
+async fn refuse_foreign_hosts(
+    hosts: Arc<Vec<String>>,
+    local: SocketAddr,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let header = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .map(|h| h.to_str().unwrap_or("(not text)"));
+    let target = req.uri().authority().map(|a| a.as_str());
+    let named: Vec<&str> = header.into_iter().chain(target).collect();
+    if !named.is_empty() && named.iter().all(|h| host_allowed(h, &hosts, local)) {
+        return next.run(req).await;
+    }
+    use axum::response::IntoResponse;
+    let asked = if named.is_empty() {
+        "no Host".to_owned()
+    } else {
+        format!("Host {:?}", named.join(", "))
+    };
+    let body = ParseError::forbidden(format!(
+        "this node's API answers only to {}: a request for {asked} is refused (a web page on another name could be reaching it through DNS rebinding); use one of those addresses",
+        hosts.join(", ")
+    ))
+    .to_json();
+    (
+        axum::http::StatusCode::MISDIRECTED_REQUEST,
+        axum::Json(body),
+    )
+        .into_response()
 }
 
 /// Refuses requests that a web page of another origin makes. CORS alone
@@ -276,4 +356,49 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> std::i
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hosts_allowed_follow_the_listen_address() {
+        let loopback: SocketAddr = "127.0.0.1:1337".parse().unwrap();
+        let allowed = allowed_hosts(loopback);
+        for ok in [
+            "127.0.0.1:1337",
+            "LOCALHOST:1337",
+            "[::1]:1337",
+            " localhost:1337 ",
+        ] {
+            assert!(host_allowed(ok, &allowed, loopback), "{ok}");
+        }
+        for bad in [
+            "localhost",
+            "localhost:1338",
+            "localhost.:1337",
+            "evil.example:1337",
+            "127.0.0.2:1337",
+            "192.168.1.5:1337",
+            "",
+        ] {
+            assert!(!host_allowed(bad, &allowed, loopback), "{bad}");
+        }
+        // An explicit --api-listen address is allowed with its port.
+        let lan: SocketAddr = "192.168.1.5:1337".parse().unwrap();
+        let allowed = allowed_hosts(lan);
+        assert!(host_allowed("192.168.1.5:1337", &allowed, lan));
+        assert!(!host_allowed("192.168.1.6:1337", &allowed, lan));
+        // Every address: any address literal with the port, never a name.
+        let any: SocketAddr = "0.0.0.0:1337".parse().unwrap();
+        let allowed = allowed_hosts(any);
+        assert!(host_allowed("10.0.0.7:1337", &allowed, any));
+        assert!(host_allowed("[fe80::1]:1337", &allowed, any));
+        assert!(!host_allowed("10.0.0.7:80", &allowed, any));
+        assert!(!host_allowed("attacker.test:1337", &allowed, any));
+        // On port 80 browsers send no port.
+        let web: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        assert!(host_allowed("localhost", &allowed_hosts(web), web));
+    }
 }
