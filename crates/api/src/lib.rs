@@ -210,8 +210,9 @@ pub fn allowed_hosts(local: SocketAddr) -> Vec<String> {
         format!("localhost:{port}"),
         format!("[::1]:{port}"),
     ];
-    if !local.ip().is_loopback() && !local.ip().is_unspecified() {
-        hosts.push(local.to_string());
+    let own = local.to_string();
+    if !local.ip().is_unspecified() && !hosts.contains(&own) {
+        hosts.push(own);
     }
     hosts
 }
@@ -390,6 +391,10 @@ mod tests {
         let allowed = allowed_hosts(lan);
         assert!(host_allowed("192.168.1.5:1337", &allowed, lan));
         assert!(!host_allowed("192.168.1.6:1337", &allowed, lan));
+        let other_loopback: SocketAddr = "127.0.0.2:1337".parse().unwrap();
+        let allowed = allowed_hosts(other_loopback);
+        assert!(host_allowed("127.0.0.2:1337", &allowed, other_loopback));
+        assert_eq!(allowed.len(), 4);
         // Every address: any address literal with the port, never a name.
         let any: SocketAddr = "0.0.0.0:1337".parse().unwrap();
         let allowed = allowed_hosts(any);
