@@ -131,18 +131,15 @@ impl Room {
     async fn owner_id(&self) -> ID {
         ID(pointer_id(&self.0, "owner"))
     }
-    /// Joined members' user ids.
-    async fn member_ids(&self) -> Vec<ID> {
-        self.0
-            .get("members")
-            .and_then(Value::as_array)
-            .map(|l| {
-                l.iter()
-                    .filter_map(|p| p.get("objectId").and_then(Value::as_str))
-                    .map(|s| ID(s.to_owned()))
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// Joined members' user ids; null for an invite-only room you are not
+    /// a member (or the owner) of, whose members only they may see.
+    async fn member_ids(&self) -> Option<Vec<ID>> {
+        self.0.get("members").and_then(Value::as_array).map(|l| {
+            l.iter()
+                .filter_map(|p| p.get("objectId").and_then(Value::as_str))
+                .map(|s| ID(s.to_owned()))
+                .collect()
+        })
     }
     /// When the room record in force was written.
     async fn updated_at(&self) -> String {

@@ -228,8 +228,9 @@ pub fn user_json(p: &ProfileView) -> Value {
     Value::Object(o)
 }
 
-/// A room, with its joined members.
-pub fn room_json(r: &RoomView, members: &[MemberView]) -> Value {
+/// A room, with its joined members when `members` is given (see
+/// [`room_for`] for who may see them).
+pub fn room_json(r: &RoomView, members: Option<&[MemberView]>) -> Value {
     let mut o = Map::new();
     o.insert("objectId".into(), Value::String(r.id.to_hex()));
     o.insert("title".into(), Value::String(r.room.title.clone()));
@@ -246,16 +247,18 @@ pub fn room_json(r: &RoomView, members: &[MemberView]) -> Value {
             .unwrap_or(Value::Null),
     );
     o.insert("owner".into(), pointer("_User", &r.owner.to_hex()));
-    o.insert(
-        "members".into(),
-        Value::Array(
-            members
-                .iter()
-                .filter(|m| m.membership.is_member())
-                .map(|m| pointer("_User", &m.user.to_hex()))
-                .collect(),
-        ),
-    );
+    if let Some(members) = members {
+        o.insert(
+            "members".into(),
+            Value::Array(
+                members
+                    .iter()
+                    .filter(|m| m.membership.is_member())
+                    .map(|m| pointer("_User", &m.user.to_hex()))
+                    .collect(),
+            ),
+        );
+    }
     stamp(&mut o, r.hlc, r.hlc);
     Value::Object(o)
 }
@@ -296,10 +299,11 @@ pub fn log_json(e: &LogEntry) -> Value {
     Value::Object(o)
 }
 
-/// Who may read a room's contents (channels, log, members): anyone for an
-/// open room; for an invite-only room its owner and joined members. Rooms
-/// themselves, and profiles, are visible to every user (they are gossiped
-/// in the clear; this rule keeps an invite-only room's talk to its members).
+/// Who may read a room's contents (channels, log, members, voice
+/// presence): anyone for an open room; for an invite-only room its owner
+/// and joined members. Rooms themselves (title, owner, settings) and
+/// profiles are visible to every user; an invite-only room is shown to the
+/// others without its `members` ([`room_for`]).
 pub fn can_read_room(store: &Store, room: &RoomView, user: &UserId) -> ApiResult<bool> {
     if room.room.settings.join_policy == JoinPolicy::Open || room.owner == *user {
         return Ok(true);
@@ -307,13 +311,25 @@ pub fn can_read_room(store: &Store, room: &RoomView, user: &UserId) -> ApiResult
     Ok(store.membership(&room.id, user)?.is_member())
 }
 
-/// The Parse JSON of a room by id, if it exists.
-pub fn room_by_id(store: &Store, id: &RoomId) -> ApiResult<Option<Value>> {
-    let Some(r) = store.room(id)? else {
-        return Ok(None);
-    };
-    let members = store.members(id)?;
-    Ok(Some(room_json(&r, &members)))
+/// The Parse JSON of a room as `viewer` may see it: with its members if
+/// they may read the room, without the `members` field otherwise. Every
+/// path that shows a room (queries, `include`, LiveQuery, GraphQL) comes
+/// through here, so a `where` on members matches only what the viewer sees.
+pub fn room_for(store: &Store, room: &RoomView, viewer: &UserId) -> ApiResult<Value> {
+    if can_read_room(store, room, viewer)? {
+        let members = store.members(&room.id)?;
+        Ok(room_json(room, Some(&members)))
+    } else {
+        Ok(room_json(room, None))
+    }
+}
+
+/// The Parse JSON of a room by id as `viewer` may see it, if it exists.
+pub fn room_by_id(store: &Store, id: &RoomId, viewer: &UserId) -> ApiResult<Option<Value>> {
+    match store.room(id)? {
+        Some(r) => Ok(Some(room_for(store, &r, viewer)?)),
+        None => Ok(None),
+    }
 }
 
 /// Finds a channel by id in any room the user may read.

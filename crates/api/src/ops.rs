@@ -175,7 +175,7 @@ impl ApiState {
                 let Ok(r) = RoomId::from_hex(id) else {
                     return Ok(None);
                 };
-                model::room_by_id(store, &r)?
+                model::room_by_id(store, &r, user)?
             }
             Class::Channel => {
                 let Ok(c) = ChannelId::from_hex(id) else {
@@ -230,8 +230,7 @@ impl ApiState {
             }
             Class::Room => {
                 for r in store.rooms()? {
-                    let members = store.members(&r.id)?;
-                    out.push(model::room_json(&r, &members));
+                    out.push(model::room_for(store, &r, user)?);
                 }
             }
             Class::Channel => {
