@@ -426,6 +426,13 @@ impl Voice {
         self.binding().user
     }
 
+    /// The user the session in progress speaks for, or None when not in
+    /// voice: the local API lets only that account drive the session.
+    pub fn session_user(&self) -> Option<UserId> {
+        let session = lock(&self.shared.session);
+        session.as_ref().map(|_| self.user())
+    }
+
     /// Joins a voice channel as the node's own user (leaving any other).
     pub fn join(&self, room: RoomId, channel: ChannelId) -> Result<()> {
         self.join_with(self.shared.binding.clone(), room, channel)

@@ -1,6 +1,9 @@
 //! The voice plane as the local API sees it: [`tincan_api::VoiceControl`]
 //! implemented over [`crate::voice::Voice`], so `/v1` and the web UI drive
-//! the same session as `tincan voice ...`.
+//! the same session as `tincan voice ...`. The API decides who may drive it
+//! (the account the session speaks for, [`VoiceControl::session_user`]) and
+//! which device names are allowed (those [`VoiceControl::devices`] lists);
+//! here names become devices without ever naming a file.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +41,16 @@ fn spec_name(spec: &DeviceSpec) -> String {
                 path.display()
             )
         }
+    }
+}
+
+/// The device a name of [`VoiceControl::devices`]'s list stands for. Never a
+/// file: a sound device that happened to be called `wav:...` stays a name.
+fn listed_spec(name: String) -> DeviceSpec {
+    match name.as_str() {
+        "default" => DeviceSpec::Default,
+        "null" => DeviceSpec::Null,
+        _ => DeviceSpec::Named(name),
     }
 }
 
@@ -135,17 +148,55 @@ impl VoiceControl for ApiVoice {
         }
     }
 
-    fn choose_devices(&self, input: Option<String>, output: Option<String>) -> Result<(), String> {
-        let parse = |s: Option<String>| s.map(|s| s.parse::<DeviceSpec>().unwrap_or_default());
+    fn choose_devices(
+        &self,
+        user: &UserKey,
+        input: Option<String>,
+        output: Option<String>,
+    ) -> Result<(), String> {
+        let (input, output) = (input.map(listed_spec), output.map(listed_spec));
+        let view = self.voice.status();
+        let current = view
+            .room
+            .as_deref()
+            .and_then(|r| RoomId::from_hex(r).ok())
+            .zip(
+                view.channel
+                    .as_deref()
+                    .and_then(|c| ChannelId::from_hex(c).ok()),
+            );
+        let Some((room, channel)) = current else {
+            return self
+                .voice
+                .choose_devices(input, output)
+                .map_err(|e| format!("{e:#}"));
+        };
+        // `Voice::choose_devices` restarts a session as the node's own
+        // user; this one speaks for `user`, so it restarts as them.
+        self.voice.leave();
         self.voice
-            .choose_devices(parse(input), parse(output))
+            .choose_devices(input, output)
+            .map_err(|e| format!("{e:#}"))?;
+        self.voice
+            .join_as(user, room, channel)
             .map_err(|e| format!("{e:#}"))
     }
 
+    fn session_user(&self) -> Option<UserId> {
+        self.voice.session_user()
+    }
+
     fn status(&self) -> VoiceStatus {
+        // Who the session speaks for, read on both sides of the view: a
+        // session that changed hands meanwhile is shown to nobody (the next
+        // status is right).
+        let before = self.voice.session_user();
         let view = self.voice.status();
+        let user = before.filter(|u| self.voice.session_user() == Some(*u));
         let hex_user = |h: &str| UserId::from_hex(h).ok();
         VoiceStatus {
+            user,
+            held_by_another_account: false,
             room: view.room.as_deref().and_then(|r| RoomId::from_hex(r).ok()),
             channel: view
                 .channel

@@ -105,6 +105,9 @@ pub(crate) struct Inner {
     pub(crate) started: Instant,
     pub(crate) websockets: Arc<tokio::sync::Semaphore>,
     pub(crate) next_client: std::sync::atomic::AtomicU64,
+    /// Held while a `/v1` voice control checks who holds the session and
+    /// acts, so that two accounts' controls never interleave.
+    pub(crate) voice_control: std::sync::Mutex<()>,
 }
 
 /// Everything the API serves from. Cheap to clone.
@@ -178,6 +181,7 @@ impl<'a> ApiStateBuilder<'a> {
                 config: self.config,
                 started: Instant::now(),
                 next_client: std::sync::atomic::AtomicU64::new(1),
+                voice_control: std::sync::Mutex::new(()),
             }),
         })
     }

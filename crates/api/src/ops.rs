@@ -647,7 +647,15 @@ impl ApiState {
                         "a user may delete only their own account",
                     ));
                 }
-                self.inner.accounts.delete(&user)
+                self.inner.accounts.delete(&user)?;
+                // Nobody could drive a session left to a deleted account.
+                if let Some(v) = &self.inner.voice
+                    && v.session_user() == Some(user)
+                    && let Err(e) = v.leave()
+                {
+                    tracing::warn!(error = %e, "cannot leave the deleted account's voice session");
+                }
+                Ok(())
             }
             Class::Room => {
                 let rid = model::room_id(id)?;

@@ -3,6 +3,16 @@
 //! needs a session (`X-Parse-Session-Token`, or `?sessionToken=` on the
 //! WebSocket, which browsers open without custom headers). Errors have
 //! Parse's `{"code","error"}` form.
+//!
+//! The node's one voice session belongs to the account that joined it.
+//! While it is in voice, every other account's join, leave, mute, deafen,
+//! push-to-talk, volume and device change is refused (119), and its
+//! status, `/v1/status`, `/v1/peers` and `/v1/events` show it not in voice
+//! ([`VoiceStatus::seen_by`]). `/v1/voice/presence` follows the room's
+//! read rule instead: who is in which channel is what the room's members
+//! announce to the room, so whoever may read the room sees it, this node's
+//! session included. Devices are chosen only by the names the node lists;
+//! files (`wav:`, `wav-loop:`, paths) are for `tincan up --input/--output`.
 
 use std::sync::Arc;
 
@@ -19,7 +29,8 @@ use crate::accounts::Session;
 use crate::error::{ApiResult, ParseError, code};
 use crate::model;
 use crate::rest::{header_token, json_response};
-use crate::voice::VoiceControl;
+use crate::voice::{VoiceControl, VoiceEvent, VoiceStatus};
+use tincan_core::UserId;
 
 pub(crate) fn routes() -> Router<ApiState> {
     Router::new()
@@ -112,6 +123,56 @@ fn voice_error(e: String) -> ParseError {
     )
 }
 
+/// Runs `act` on the voice session for `caller` if the session is free or
+/// theirs: one account's control at a time (the check and the act under one
+/// lock), so two accounts cannot both think they hold it.
+fn as_holder<T>(
+    state: &ApiState,
+    v: &dyn VoiceControl,
+    caller: &UserId,
+    joining: bool,
+    act: impl FnOnce() -> ApiResult<T>,
+) -> ApiResult<T> {
+    let _one_at_a_time = state
+        .inner
+        .voice_control
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    match v.session_user() {
+        Some(holder) if holder != *caller => Err(ParseError::forbidden(if joining {
+            "another account of this node is in voice: the node has one voice session, and the other account must leave first"
+        } else {
+            "another account of this node is in voice: only the account that joined can change the session"
+        })),
+        _ => act(),
+    }
+}
+
+/// A device name the node lists, or a Parse error that says what to use.
+fn listed_device(kind: &str, name: &str, listed: &[String]) -> ApiResult<()> {
+    if listed.iter().any(|d| d == name) {
+        return Ok(());
+    }
+    let file = name.starts_with("wav:")
+        || name.starts_with("wav-loop:")
+        || name.contains('/')
+        || name.contains('\\')
+        || name.starts_with('.')
+        || name.starts_with('~');
+    if file {
+        return Err(ParseError::forbidden(format!(
+            "{kind} {name:?} names a file: files are for the command line (`tincan up --input/--output wav:PATH`), not the API; choose one of the devices GET /v1/voice/devices lists"
+        )));
+    }
+    Err(ParseError::new(
+        code::VALIDATION_ERROR,
+        format!(
+            "there is no {kind} device {name:?} on this node: choose one of {}",
+            listed.join(", ")
+        ),
+    ))
+}
+
 fn bool_field(body: &Map<String, Value>, name: &str) -> ApiResult<bool> {
     body.get(name).and_then(Value::as_bool).ok_or_else(|| {
         ParseError::incorrect_type(format!("the body needs {{\"{name}\": true|false}}"))
@@ -152,7 +213,7 @@ async fn status(State(state): State<ApiState>, req: Request) -> Response {
         "nodeUser": inner.accounts.node_user().to_hex(),
         "uptimeS": inner.started.elapsed().as_secs(),
         "localAccounts": inner.accounts.local_users().len(),
-        "voice": inner.voice.as_ref().map(|v| serde_json::to_value(v.status()).unwrap_or(Value::Null)),
+        "voice": inner.voice.as_ref().map(|v| serde_json::to_value(v.status().seen_by(&s.user)).unwrap_or(Value::Null)),
     });
     if let Some(mesh) = &inner.mesh {
         out["peerId"] = json!(mesh.peer_id().to_string());
@@ -174,16 +235,17 @@ async fn status(State(state): State<ApiState>, req: Request) -> Response {
 }
 
 async fn peers(State(state): State<ApiState>, req: Request) -> Response {
-    let _ = with_session!(state, req);
+    let (s, _) = with_session!(state, req);
     let mut list = Vec::new();
     if let Some(mesh) = &state.inner.mesh
         && let Ok(peers) = mesh.peers().await
     {
+        // The voice links of the caller's own session only.
         let links = state
             .inner
             .voice
             .as_ref()
-            .map(|v| v.status().links)
+            .map(|v| v.status().seen_by(&s.user).links)
             .unwrap_or_default();
         for p in peers {
             let id = p.peer_id.to_string();
@@ -202,9 +264,9 @@ async fn peers(State(state): State<ApiState>, req: Request) -> Response {
 }
 
 async fn voice_status(State(state): State<ApiState>, req: Request) -> Response {
-    let _ = with_session!(state, req);
+    let (s, _) = with_session!(state, req);
     let v = with_voice!(state);
-    reply(serde_json::to_value(v.status()).map_err(ParseError::internal))
+    reply(serde_json::to_value(v.status().seen_by(&s.user)).map_err(ParseError::internal))
 }
 
 async fn voice_presence(State(state): State<ApiState>, req: Request) -> Response {
@@ -246,47 +308,60 @@ async fn voice_join(State(state): State<ApiState>, req: Request) -> Response {
                 "no Channel {channel} in room {room} visible to you"
             )));
         }
-        v.join(&s.key, room, channel).map_err(voice_error)?;
+        as_holder(&state, &*v, &s.user, true, || {
+            v.join(&s.key, room, channel).map_err(voice_error)
+        })?;
         Ok(json!({}))
     })();
     reply(r)
 }
 
 async fn voice_leave(State(state): State<ApiState>, req: Request) -> Response {
-    let _ = with_session!(state, req);
+    let (s, _) = with_session!(state, req);
     let v = with_voice!(state);
-    reply(v.leave().map(|_| json!({})).map_err(voice_error))
+    reply(
+        as_holder(&state, &*v, &s.user, false, || {
+            v.leave().map_err(voice_error)
+        })
+        .map(|_| json!({})),
+    )
 }
 
 async fn voice_mute(State(state): State<ApiState>, req: Request) -> Response {
-    let (_, call) = with_session!(state, req);
+    let (s, call) = with_session!(state, req);
     let v = with_voice!(state);
-    reply(bool_field(&call.body, "muted").map(|m| {
-        v.set_muted(m);
-        json!({})
+    reply(bool_field(&call.body, "muted").and_then(|m| {
+        as_holder(&state, &*v, &s.user, false, || {
+            v.set_muted(m);
+            Ok(json!({}))
+        })
     }))
 }
 
 async fn voice_deafen(State(state): State<ApiState>, req: Request) -> Response {
-    let (_, call) = with_session!(state, req);
+    let (s, call) = with_session!(state, req);
     let v = with_voice!(state);
-    reply(bool_field(&call.body, "deafened").map(|d| {
-        v.set_deafened(d);
-        json!({})
+    reply(bool_field(&call.body, "deafened").and_then(|d| {
+        as_holder(&state, &*v, &s.user, false, || {
+            v.set_deafened(d);
+            Ok(json!({}))
+        })
     }))
 }
 
 async fn voice_ptt(State(state): State<ApiState>, req: Request) -> Response {
-    let (_, call) = with_session!(state, req);
+    let (s, call) = with_session!(state, req);
     let v = with_voice!(state);
-    reply(bool_field(&call.body, "down").map(|d| {
-        v.push_to_talk(d);
-        json!({})
+    reply(bool_field(&call.body, "down").and_then(|d| {
+        as_holder(&state, &*v, &s.user, false, || {
+            v.push_to_talk(d);
+            Ok(json!({}))
+        })
     }))
 }
 
 async fn voice_volume(State(state): State<ApiState>, req: Request) -> Response {
-    let (_, call) = with_session!(state, req);
+    let (s, call) = with_session!(state, req);
     let v = with_voice!(state);
     let r = (|| {
         let user = model::user_id(str_field(&call.body, "user")?)?;
@@ -300,7 +375,9 @@ async fn voice_volume(State(state): State<ApiState>, req: Request) -> Response {
                     "gain must be a number from 0 (silent) to 4; 1 is unchanged",
                 )
             })?;
-        v.set_volume(user, gain as f32).map_err(voice_error)?;
+        as_holder(&state, &*v, &s.user, false, || {
+            v.set_volume(user, gain as f32).map_err(voice_error)
+        })?;
         Ok(json!({}))
     })();
     reply(r)
@@ -313,7 +390,7 @@ async fn voice_devices(State(state): State<ApiState>, req: Request) -> Response 
 }
 
 async fn voice_choose_devices(State(state): State<ApiState>, req: Request) -> Response {
-    let (_, call) = with_session!(state, req);
+    let (s, call) = with_session!(state, req);
     let v = with_voice!(state);
     let pick = |k: &str| -> ApiResult<Option<String>> {
         match call.body.get(k) {
@@ -326,7 +403,20 @@ async fn voice_choose_devices(State(state): State<ApiState>, req: Request) -> Re
     };
     let r = (|| {
         let (input, output) = (pick("input")?, pick("output")?);
-        v.choose_devices(input, output).map_err(voice_error)?;
+        // Only the node's own device names: a file named here would be
+        // written (output) or read out to peers (input) by the node.
+        if input.is_some() || output.is_some() {
+            let listed = v.devices();
+            if let Some(i) = &input {
+                listed_device("input", i, &listed.inputs)?;
+            }
+            if let Some(o) = &output {
+                listed_device("output", o, &listed.outputs)?;
+            }
+        }
+        as_holder(&state, &*v, &s.user, false, || {
+            v.choose_devices(&s.key, input, output).map_err(voice_error)
+        })?;
         Ok(json!({}))
     })();
     reply(r)
@@ -342,9 +432,10 @@ async fn events(State(state): State<ApiState>, req: Request) -> Response {
         )
         .into_response();
     };
-    if let Err(e) = state.inner.accounts.session(&token) {
-        return e.into_response();
-    }
+    let viewer = match state.inner.accounts.session(&token) {
+        Ok(s) => s.user,
+        Err(e) => return e.into_response(),
+    };
     let v = with_voice!(state);
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         Ok(u) => u,
@@ -361,30 +452,43 @@ async fn events(State(state): State<ApiState>, req: Request) -> Response {
         .into_response();
     };
     upgrade.on_upgrade(move |socket| async move {
-        stream_events(socket, v).await;
+        stream_events(socket, v, viewer).await;
         drop(permit);
     })
 }
 
-async fn stream_events(mut socket: WebSocket, voice: Arc<dyn VoiceControl>) {
+/// Streams the viewer's own session: status events as [`VoiceStatus::seen_by`]
+/// shows them, speaking events only while the session speaks for the viewer.
+async fn stream_events(mut socket: WebSocket, voice: Arc<dyn VoiceControl>, viewer: UserId) {
     use tokio::sync::broadcast::error::RecvError;
+    let status = |s: VoiceStatus| {
+        serde_json::to_string(&VoiceEvent::Status(s.seen_by(&viewer))).unwrap_or_default()
+    };
     let mut rx = voice.events();
     // The current status first, so a client needs no separate call.
-    let first = serde_json::to_string(&crate::voice::VoiceEvent::Status(voice.status()))
-        .unwrap_or_default();
-    if socket.send(Message::Text(first.into())).await.is_err() {
+    if socket
+        .send(Message::Text(status(voice.status()).into()))
+        .await
+        .is_err()
+    {
         return;
     }
     loop {
         tokio::select! {
             ev = rx.recv() => {
                 let text = match ev {
-                    Ok(ev) => serde_json::to_string(&ev).unwrap_or_default(),
+                    Ok(VoiceEvent::Status(s)) => status(s),
+                    Ok(ev @ VoiceEvent::Speaking { .. }) => {
+                        if voice.session_user() != Some(viewer) {
+                            continue;
+                        }
+                        serde_json::to_string(&ev).unwrap_or_default()
+                    }
                     Err(RecvError::Lagged(n)) => {
                         // Say so, then the full status so the client is right again.
                         let lag = json!({"type": "lagged", "missed": n}).to_string();
                         if socket.send(Message::Text(lag.into())).await.is_err() { return; }
-                        serde_json::to_string(&crate::voice::VoiceEvent::Status(voice.status())).unwrap_or_default()
+                        status(voice.status())
                     }
                     Err(RecvError::Closed) => return,
                 };

@@ -2,6 +2,12 @@
 //! session implements [`VoiceControl`] and is plugged in with
 //! [`crate::ApiStateBuilder::voice`]; without it `/v1/voice/...` answers 503.
 //!
+//! A node has one voice session, and it belongs to the account that joined
+//! it ([`VoiceControl::session_user`]): `/v1` lets only that account change
+//! it, and shows every other account a status that says it is not in voice
+//! ([`VoiceStatus::seen_by`]). Devices are named as the node lists them
+//! ([`Devices`]); files are for the command line only.
+//!
 //! In JSON, ids are hex strings (as everywhere in the API).
 
 use serde::{Serialize, Serializer};
@@ -25,9 +31,21 @@ pub trait VoiceControl: Send + Sync + 'static {
     fn set_volume(&self, user: UserId, gain: f32) -> Result<(), String>;
     /// The sound devices there are, and the ones in use.
     fn devices(&self) -> Devices;
-    /// Chooses the input and output devices (None keeps the current one).
-    fn choose_devices(&self, input: Option<String>, output: Option<String>) -> Result<(), String>;
-    /// Where the session is and how its links do.
+    /// Chooses the input and output devices by the names [`Self::devices`]
+    /// lists (None keeps the current one); the API checks the names first.
+    /// A session in progress restarts on them, still speaking for `user`
+    /// (the caller, who holds the session when there is one).
+    fn choose_devices(
+        &self,
+        user: &UserKey,
+        input: Option<String>,
+        output: Option<String>,
+    ) -> Result<(), String>;
+    /// The user the session in progress speaks for (the account that
+    /// joined it), or None when the node is not in voice.
+    fn session_user(&self) -> Option<UserId>;
+    /// Where the session is and how its links do, with the user it speaks
+    /// for in [`VoiceStatus::user`].
     fn status(&self) -> VoiceStatus;
     /// Who is in which voice channel of `room`, as their presence signals
     /// say (users on other nodes too, for any channel, joined or not).
@@ -42,9 +60,10 @@ pub trait VoiceControl: Send + Sync + 'static {
 /// Sound devices.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Devices {
-    /// Input devices (microphones) by name.
+    /// Input devices (microphones) by name: `default`, `null` and the sound
+    /// system's devices. Only these names can be chosen through the API.
     pub inputs: Vec<String>,
-    /// Output devices (speakers) by name.
+    /// Output devices (speakers) by name, as for inputs.
     pub outputs: Vec<String>,
     /// The input in use.
     pub input: Option<String>,
@@ -55,6 +74,12 @@ pub struct Devices {
 /// The voice session's state.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct VoiceStatus {
+    /// The user the session speaks for (the account that joined it), if in voice.
+    #[serde(serialize_with = "opt_hex_user")]
+    pub user: Option<UserId>,
+    /// Whether another account of this node is in voice: set only in what
+    /// [`VoiceStatus::seen_by`] shows the others, which is all they see.
+    pub held_by_another_account: bool,
     /// The room of the voice channel joined, if any.
     #[serde(serialize_with = "opt_hex_room")]
     pub room: Option<RoomId>,
@@ -71,6 +96,28 @@ pub struct VoiceStatus {
     pub participants: Vec<Participant>,
     /// The voice links to peers.
     pub links: Vec<LinkStats>,
+}
+
+impl VoiceStatus {
+    /// The status as `viewer` may see it: all of it when the session speaks
+    /// for them (or nobody is in voice); otherwise "not in voice", with
+    /// [`VoiceStatus::held_by_another_account`] set and nothing of the other
+    /// account's session (room, channel, participants, links, its mute,
+    /// deafen and push-to-talk state).
+    pub fn seen_by(self, viewer: &UserId) -> VoiceStatus {
+        let theirs = self.user.is_some_and(|u| u != *viewer)
+            // In voice for nobody known (between a join and its status):
+            // shown to nobody.
+            || (self.user.is_none() && self.room.is_some());
+        if theirs {
+            VoiceStatus {
+                held_by_another_account: true,
+                ..VoiceStatus::default()
+            }
+        } else {
+            self
+        }
+    }
 }
 
 /// Someone in the voice channel.
@@ -180,11 +227,52 @@ mod tests {
         assert_eq!(v["user"], "ab".repeat(32));
         let s = VoiceStatus {
             room: Some(RoomId([1; 16])),
+            user: Some(UserId([2; 32])),
             ..Default::default()
         };
         let v = serde_json::to_value(VoiceEvent::Status(s)).unwrap();
         assert_eq!(v["type"], "status");
         assert_eq!(v["room"], "01".repeat(16));
+        assert_eq!(v["user"], "02".repeat(32));
         assert_eq!(v["channel"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn another_account_sees_no_part_of_the_session() {
+        let (ann, bob) = (UserId([1; 32]), UserId([2; 32]));
+        let full = VoiceStatus {
+            user: Some(ann),
+            room: Some(RoomId([3; 16])),
+            channel: Some(ChannelId([4; 16])),
+            muted: true,
+            deafened: true,
+            push_to_talk: true,
+            participants: vec![Participant {
+                user: UserId([5; 32]),
+                speaking: true,
+                volume: 1.0,
+            }],
+            links: vec![LinkStats {
+                peer: "12D3KooWpeer".into(),
+                user: Some(UserId([5; 32])),
+                path: "direct".into(),
+                rtt_ms: 1.0,
+                loss: 0.0,
+                jitter_ms: 0.0,
+                bitrate_kbps: 24.0,
+            }],
+            held_by_another_account: false,
+        };
+        assert_eq!(full.clone().seen_by(&ann), full);
+        let hidden = VoiceStatus {
+            held_by_another_account: true,
+            ..VoiceStatus::default()
+        };
+        assert_eq!(full.clone().seen_by(&bob), hidden);
+        // A session whose user is not known yet is shown to nobody.
+        let unknown = VoiceStatus { user: None, ..full };
+        assert_eq!(unknown.clone().seen_by(&ann), hidden);
+        // Not in voice: the same for everyone.
+        assert_eq!(VoiceStatus::default().seen_by(&bob), VoiceStatus::default());
     }
 }
