@@ -1,8 +1,12 @@
 //! `tincan up`: the node's main loop. It keeps the unlocked node, serves the
 //! local control endpoint (see [`crate::control`]) and stops cleanly on
-//! Ctrl-C or SIGTERM, removing its control file.
+//! Ctrl-C or SIGTERM, removing its control file. Control connections are
+//! bounded in number and in time, and shutdown does not wait for them:
+//! only a command already running gets a few seconds (`SHUTDOWN_GRACE`) to finish.
 
 use std::sync::{Arc, Mutex};
+
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -10,11 +14,31 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::cli::{Ctx, dispatch};
-use crate::control::{ControlFile, MAX_LINE_BYTES, Request, Response, control_path};
+use crate::control::{
+    ControlFile, HELLO_TIMEOUT, MAX_HELLO_BYTES, MAX_LINE_BYTES, REQUEST_TIMEOUT, Request,
+    Response, check_hello, control_path,
+};
 use crate::node::Node;
 
-/// Most control requests served at once; more wait for a free slot.
+/// Most control commands run at once; more (from clients that showed the
+/// token) wait for a free slot.
 const MAX_CONCURRENT_REQUESTS: usize = 16;
+
+/// Most control connections open at once, whatever their stage; past it a
+/// new connection is closed at once (a local process without the token
+/// cannot make the node hold more than this).
+const MAX_CONNECTIONS: usize = 64;
+
+/// How long writing an answer may take before the client is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for control commands still running. Connections
+/// that hang are not waited for at all.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// How long the runtime waits for blocking work (a control command in the
+/// store) when the node stops, after [`SHUTDOWN_GRACE`].
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(2);
 
 /// Options of `tincan up`.
 #[derive(Clone, Debug, Default)]
@@ -78,7 +102,10 @@ pub fn run(node: Node, options: UpOptions) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(node, options))
+    let result = runtime.block_on(serve(node, options));
+    // A command still running in the store must not keep the process up.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result
 }
 
 async fn serve(mut node: Node, options: UpOptions) -> Result<()> {
@@ -165,6 +192,7 @@ async fn serve(mut node: Node, options: UpOptions) -> Result<()> {
 
     let node = Arc::new(Mutex::new(Some(node)));
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let token = Arc::new(control.token);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -179,13 +207,17 @@ async fn serve(mut node: Node, options: UpOptions) -> Result<()> {
                         continue;
                     }
                 };
-                let Ok(permit) = slots.clone().acquire_owned().await else { break };
-                let (node, token) = (node.clone(), token.clone());
+                // Never wait here: the loop must stay free to see Ctrl-C.
+                let Ok(connection) = connections.clone().try_acquire_owned() else {
+                    tracing::info!(%peer, "control connection refused: {MAX_CONNECTIONS} already open");
+                    continue;
+                };
+                let (node, token, slots) = (node.clone(), token.clone(), slots.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, node, &token).await {
+                    if let Err(e) = handle(stream, node, &token, &slots).await {
                         tracing::debug!(%peer, error = %e, "control request failed");
                     }
-                    drop(permit);
+                    drop(connection);
                 });
             }
         }
@@ -193,12 +225,33 @@ async fn serve(mut node: Node, options: UpOptions) -> Result<()> {
     eprintln!("Stopping.");
     api.abort();
     let _ = std::fs::remove_file(&path);
-    // Wait for requests in flight, stop the mesh, then close the store.
-    let _ = slots.acquire_many(MAX_CONCURRENT_REQUESTS as u32).await;
+    // Commands in flight get a moment to finish; connections that hang
+    // (a client that sends nothing, or never reads) are not waited for.
+    if tokio::time::timeout(
+        SHUTDOWN_GRACE,
+        slots.acquire_many(MAX_CONCURRENT_REQUESTS as u32),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("control commands still running after {SHUTDOWN_GRACE:?}: stopping anyway");
+    }
     voice.leave();
     mesh.shutdown().await;
-    if let Ok(mut n) = node.lock() {
-        n.take();
+    // A command still running holds the node: the store then closes when
+    // the process ends (redb commits are durable, an open file is safe).
+    match node.try_lock() {
+        Ok(mut n) => {
+            n.take();
+        }
+        Err(std::sync::TryLockError::Poisoned(p)) => {
+            p.into_inner().take();
+        }
+        Err(std::sync::TryLockError::WouldBlock) => {
+            tracing::warn!(
+                "a control command still holds the store; it closes when the process ends"
+            );
+        }
     }
     Ok(())
 }
@@ -225,42 +278,71 @@ async fn shutdown_signal() {
     }
 }
 
-/// Compares tokens in time independent of where they differ.
-fn same_token(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+/// An answer line with a bounded write: a client that does not read is dropped.
+async fn answer(write: &mut tokio::net::tcp::OwnedWriteHalf, response: &Response) -> Result<()> {
+    let mut text = serde_json::to_string(response)?;
+    text.push('\n');
+    tokio::time::timeout(WRITE_TIMEOUT, write.write_all(text.as_bytes()))
+        .await
+        .map_err(|_| anyhow!("the client did not read the answer in {WRITE_TIMEOUT:?}"))??;
+    Ok(())
 }
 
-async fn handle(stream: TcpStream, node: Arc<Mutex<Option<Node>>>, token: &str) -> Result<()> {
+fn error_response(message: String) -> Response {
+    Response {
+        error: Some(message),
+        ..Default::default()
+    }
+}
+
+/// Serves one control connection: the token frame first (at most
+/// [`MAX_HELLO_BYTES`] read, within [`HELLO_TIMEOUT`]), and only then the
+/// request line.
+async fn handle(
+    stream: TcpStream,
+    node: Arc<Mutex<Option<Node>>>,
+    token: &str,
+    slots: &Arc<Semaphore>,
+) -> Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read.take(MAX_LINE_BYTES));
+    let mut reader = BufReader::new(read.take(MAX_HELLO_BYTES));
+    let mut hello = Vec::new();
+    let outcome = tokio::time::timeout(HELLO_TIMEOUT, reader.read_until(b'\n', &mut hello)).await;
+    let read_bytes = MAX_HELLO_BYTES - reader.get_ref().limit();
+    let refusal = match outcome {
+        Err(_) => Some(format!(
+            "bad control request: no token within {HELLO_TIMEOUT:?}"
+        )),
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok(_)) => check_hello(&hello, token).err().map(|e| e.to_string()),
+    };
+    if let Some(why) = refusal {
+        tracing::info!("control connection refused ({why}) after reading {read_bytes} bytes");
+        let _ = answer(&mut write, &error_response(why)).await;
+        let _ = write.shutdown().await;
+        return Ok(());
+    }
+    answer(&mut write, &Response::default()).await?;
+    // The token is checked: the request may be as large as an import bundle.
+    reader.get_mut().set_limit(MAX_LINE_BYTES);
     let mut line = String::new();
-    reader.read_line(&mut line).await?;
+    tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line))
+        .await
+        .map_err(|_| anyhow!("no request within {REQUEST_TIMEOUT:?} of the token"))??;
+    // A slot only to run the command: a client that hangs before sending
+    // it holds none, so shutdown does not wait for it.
+    let permit = slots.clone().acquire_owned().await?;
     let response = match serde_json::from_str::<Request>(&line) {
-        Err(e) => Response {
-            error: Some(format!("bad control request: {e}")),
-            ..Default::default()
-        },
-        Ok(req) if !same_token(&req.token, token) => Response {
-            error: Some("bad control token: is this the node of another data directory?".into()),
-            ..Default::default()
-        },
+        Err(e) => error_response(format!("bad control request: {e}")),
         Ok(req) => {
             // Commands touch the store (fsync): keep them off the async threads.
             tokio::task::spawn_blocking(move || execute(&node, req))
                 .await
-                .unwrap_or_else(|e| Response {
-                    error: Some(format!("the command failed unexpectedly: {e}")),
-                    ..Default::default()
-                })
+                .unwrap_or_else(|e| error_response(format!("the command failed unexpectedly: {e}")))
         }
     };
-    let mut text = serde_json::to_string(&response)?;
-    text.push('\n');
-    write.write_all(text.as_bytes()).await?;
+    drop(permit);
+    answer(&mut write, &response).await?;
     write.shutdown().await?;
     Ok(())
 }
