@@ -342,7 +342,9 @@ function renderVoice() {
   const v = state.voice;
   const joined = v && v.channel;
   const ch = joined && state.channels.get(v.channel);
-  $('voice-where').textContent = joined ? `In voice: ${ch ? ch.name : short(v.channel)}` : 'Not in a voice channel.';
+  $('voice-where').textContent = joined ? `In voice: ${ch ? ch.name : short(v.channel)}`
+    : v?.held_by_another_account ? 'Another account of this node is in voice: it must leave before you can join.'
+    : 'Not in a voice channel.';
   for (const [id, on] of [['mute-button', v?.muted], ['deafen-button', v?.deafened], ['ptt-button', v?.push_to_talk]]) {
     $(id).setAttribute('aria-pressed', on ? 'true' : 'false');
   }
