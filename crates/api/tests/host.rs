@@ -121,4 +121,13 @@ async fn foreign_hosts_get_421_before_any_handler() {
     )
     .await;
     assert_eq!(status, 421, "absolute-form target: {text}");
+    // No Host at all (HTTP/1.0 allows it): refused too.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /parse/health HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.0 421"), "no Host: {text}");
 }
