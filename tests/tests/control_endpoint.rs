@@ -26,14 +26,13 @@ fn start(t: &Tincan) -> (Child, mpsc::Receiver<String>, SocketAddr, String) {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::sync_channel(4096);
     std::thread::spawn(move || {
         use std::io::BufRead;
         for line in std::io::BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
+            // Keep draining even when the buffer is full, so the node never blocks on stderr.
+            let _ = tx.try_send(line);
         }
     });
     let control = t.data_dir.join("control.json");
@@ -219,7 +218,7 @@ fn sigterm_is_not_held_up_by_hung_control_clients() {
     let mut hung: Vec<TcpStream> = (0..24).map(|_| TcpStream::connect(addr).unwrap()).collect();
     let mut authed = TcpStream::connect(addr).unwrap();
     // The first line carries only the token (see node/src/control.rs).
-    write!(authed, "tincan-control/2 {token}\n").unwrap();
+    writeln!(authed, "tincan-control/2 {token}").unwrap();
     authed.flush().unwrap();
     hung.push(authed);
     std::thread::sleep(Duration::from_millis(300));
