@@ -9,7 +9,14 @@
 //!   commit), and reports each outcome back (gossip needs one to tell
 //!   gossipsub whether to forward);
 //! - sync answers run on blocking threads, at most
-//!   [`Limits::max_inbound_syncs`] at once.
+//!   [`Limits::max_inbound_syncs`] at once and
+//!   [`Limits::max_inbound_syncs_per_peer`] for one peer.
+//!
+//! Sync is pull-only: a fetch answer may hold only the records asked for
+//! (anything else drops the answer, ends the session and lowers the peer's
+//! gossipsub score through its application score), a fetch is served only
+//! within the scope it names, and what a sync brings in counts against
+//! per-peer and per-author budgets like gossip.
 //!
 //! Gossip validation maps the store's outcome to gossipsub's verdict:
 //! undecodable, oversized, forged, off-topic or rule-breaking records are
@@ -44,7 +51,7 @@ use crate::behaviour::{
 use crate::config::{Limits, MeshConfig};
 use crate::error::{DialError, PublishError, StartError, Stopped, SubscribeError};
 use crate::protocol::{SYNC_PROTOCOL, Scope, SyncItem, SyncRequest, SyncResponse};
-use crate::rate::RateLimiter;
+use crate::rate::{FairSlots, RateLimiter};
 use crate::reconcile::{self, ReconcileConfig, Session};
 
 /// Counters of what a node did, for `tincan peers` and tests.
@@ -70,8 +77,16 @@ pub struct MeshStats {
     pub synced_records: u64,
     /// Records received by sync and refused (bad signature, rules, off scope).
     pub synced_rejected: u64,
-    /// Inbound sync requests refused because too many were being answered.
+    /// Inbound sync requests refused because too many were being answered
+    /// (in all, or for that one peer).
     pub sync_refused_busy: u64,
+    /// Sync sessions ended because the peer broke the protocol: records
+    /// nobody asked for, malformed answers, records our rules refuse. Each
+    /// also lowers the peer's gossipsub score.
+    pub sync_lies: u64,
+    /// Sync answers cut short because the peer or an author ran over its
+    /// sync budget (no penalty: the next sync goes on).
+    pub sync_over_budget: u64,
 }
 
 /// What the node knows of a connected peer.
@@ -164,7 +179,7 @@ enum WriteJob {
     },
     Sync {
         key: SessionKey,
-        records: Vec<Vec<u8>>,
+        records: Vec<UnverifiedRecord>,
     },
 }
 
@@ -185,6 +200,7 @@ enum Internal {
         session: Option<Box<Session>>,
     },
     Answer {
+        peer: PeerId,
         channel: ResponseChannel<SyncResponse>,
         response: SyncResponse,
     },
@@ -272,6 +288,13 @@ impl Mesh {
             reconcile: config.reconcile.clone(),
             peer_limit: RateLimiter::new(limits.per_peer, limits.max_connections as usize + 16),
             author_limit: RateLimiter::new(limits.per_author, limits.max_tracked_authors),
+            sync_peer_limit: RateLimiter::new(
+                limits.sync_per_peer,
+                limits.max_connections as usize + 16,
+            ),
+            sync_author_limit: RateLimiter::new(limits.sync_per_author, limits.max_tracked_authors),
+            offences: HashMap::new(),
+            inbound: FairSlots::new(limits.max_inbound_syncs, limits.max_inbound_syncs_per_peer),
             limits,
             config,
             rooms: HashSet::new(),
@@ -282,7 +305,6 @@ impl Mesh {
             starting: HashSet::new(),
             queued: VecDeque::new(),
             inflight: HashMap::new(),
-            inbound_busy: 0,
             writer: writer_tx,
             internal_tx: internal_tx.clone(),
             stats: MeshStats::default(),
@@ -516,9 +538,17 @@ struct Driver {
     starting: HashSet<SessionKey>,
     queued: VecDeque<SessionKey>,
     inflight: HashMap<OutboundRequestId, SessionKey>,
-    inbound_busy: usize,
+    /// Inbound sync requests being answered, shared fairly between peers.
+    inbound: FairSlots<PeerId>,
     peer_limit: RateLimiter<PeerId>,
     author_limit: RateLimiter<UserId>,
+    /// Records received by sync, per peer that served them and per author:
+    /// larger buckets than gossip's, since catch-up comes in bursts.
+    sync_peer_limit: RateLimiter<PeerId>,
+    sync_author_limit: RateLimiter<UserId>,
+    /// Protocol violations by each peer, which set its application score
+    /// in gossipsub; at most [`MAX_TRACKED_OFFENDERS`] peers are kept.
+    offences: HashMap<PeerId, u32>,
     writer: mpsc::Sender<WriteJob>,
     internal_tx: mpsc::Sender<Internal>,
     stats: MeshStats,
@@ -536,6 +566,14 @@ struct Driver {
 /// new DHT peers: the first DHT peer matters (a room announced before any
 /// peer was known reached nobody), the hundredth adds little.
 const ANNOUNCE_DEBOUNCE: Duration = Duration::from_secs(10);
+
+/// Peers whose protocol violations are remembered at once.
+const MAX_TRACKED_OFFENDERS: usize = 1024;
+
+/// Application score per violation. gossipsub weighs it by
+/// `app_specific_weight` (10 by default): one violation puts a peer at
+/// -100, under the default graylist threshold of -80.
+const SCORE_PER_OFFENCE: f64 = 10.0;
 
 /// How often rooms that have no connected peer yet are looked up again in
 /// the DHT, beside the slower periodic sync.
@@ -774,6 +812,7 @@ impl Driver {
     fn periodic_sync(&mut self) {
         let now = Instant::now();
         self.author_limit.prune(now, Duration::from_secs(600));
+        self.sync_author_limit.prune(now, Duration::from_secs(600));
         let peers: Vec<PeerId> = {
             let mut v: Vec<PeerId> = self
                 .peers
@@ -843,6 +882,7 @@ impl Driver {
             } => {
                 self.peers.remove(&peer_id);
                 self.peer_limit.forget(&peer_id);
+                self.sync_peer_limit.forget(&peer_id);
                 self.sessions.retain(|(p, _), _| *p != peer_id);
                 self.applying.retain(|(p, _), _| *p != peer_id);
                 self.queued.retain(|(p, _)| *p != peer_id);
@@ -1078,9 +1118,10 @@ impl Driver {
                 if rejected > 0 {
                     // Rules are deterministic, so an honest peer never
                     // serves a record our store refuses: stop fetching
-                    // from this one (gossip scoring does not see sync).
+                    // from this one, and tell gossipsub's scoring.
                     tracing::warn!(peer = %key.0, rejected, "sync peer served invalid records; session ended");
                     self.sessions.remove(&key);
+                    self.penalise(key.0, "served records the rules refuse");
                 }
                 if let Some(n) = self.applying.get_mut(&key) {
                     *n = n.saturating_sub(1);
@@ -1101,8 +1142,12 @@ impl Driver {
                     _ => self.start_queued(),
                 }
             }
-            Internal::Answer { channel, response } => {
-                self.inbound_busy = self.inbound_busy.saturating_sub(1);
+            Internal::Answer {
+                peer,
+                channel,
+                response,
+            } => {
+                self.inbound.release(&peer);
                 let _ = self
                     .swarm
                     .behaviour_mut()
@@ -1208,8 +1253,25 @@ impl Driver {
                 let Some(session) = self.sessions.get_mut(&key) else {
                     return;
                 };
-                match session.handle_response(response) {
+                let decoded = session.handle_response(response, |bytes| {
+                    let record = UnverifiedRecord::decode(&bytes).ok()?;
+                    Some((record.id(), record))
+                });
+                match decoded {
                     Ok(records) if !records.is_empty() => {
+                        let (records, over_budget) = self.within_sync_budget(key.0, records);
+                        if over_budget {
+                            // Our budget, not the peer's fault: take what
+                            // fits, end the session; the next sync goes on.
+                            self.stats.sync_over_budget += 1;
+                            if let Some(s) = self.sessions.get_mut(&key) {
+                                s.request_failed();
+                            }
+                        }
+                        if records.is_empty() {
+                            self.drive(key);
+                            return;
+                        }
                         match self.writer.try_send(WriteJob::Sync { key, records }) {
                             Ok(()) => {
                                 *self.applying.entry(key).or_insert(0) += 1;
@@ -1223,6 +1285,12 @@ impl Driver {
                         }
                     }
                     Ok(_) => self.drive(key),
+                    Err(e) if e.is_misbehaviour() => {
+                        tracing::info!(peer = %key.0, "sync peer broke the protocol, session ended: {e}");
+                        self.sessions.remove(&key);
+                        self.penalise(key.0, "broke the sync protocol");
+                        self.start_queued();
+                    }
                     Err(e) => {
                         tracing::debug!(peer = %key.0, "sync: {e}");
                         self.drive(key);
@@ -1242,13 +1310,63 @@ impl Driver {
         }
     }
 
+    /// The records of a sync answer that fit the serving peer's and each
+    /// author's sync budget, in order, and whether any did not.
+    fn within_sync_budget(
+        &mut self,
+        peer: PeerId,
+        records: Vec<UnverifiedRecord>,
+    ) -> (Vec<UnverifiedRecord>, bool) {
+        let now = Instant::now();
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let author = r.record().author;
+            if !self.sync_peer_limit.allow(&peer, now)
+                || !self.sync_author_limit.allow(&author, now)
+            {
+                return (out, true);
+            }
+            out.push(r);
+        }
+        (out, false)
+    }
+
+    /// Counts a protocol violation by `peer` and lowers its gossipsub
+    /// application score, so a liar loses its mesh slots and, after a few,
+    /// is graylisted like a peer that gossips invalid records.
+    fn penalise(&mut self, peer: PeerId, why: &'static str) {
+        self.stats.sync_lies += 1;
+        if !self.offences.contains_key(&peer) && self.offences.len() >= MAX_TRACKED_OFFENDERS {
+            // Forget a peer that is no longer connected first.
+            let gone = self
+                .offences
+                .keys()
+                .find(|p| !self.peers.contains_key(p))
+                .copied();
+            match gone {
+                Some(p) => {
+                    self.offences.remove(&p);
+                }
+                None => return,
+            }
+        }
+        let n = self.offences.entry(peer).or_insert(0);
+        *n = n.saturating_add(1);
+        let score = -f64::from(*n) * SCORE_PER_OFFENCE;
+        tracing::debug!(%peer, offences = *n, score, why, "peer penalised");
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .set_application_score(&peer, score);
+    }
+
     fn answer(
         &mut self,
         peer: PeerId,
         request: SyncRequest,
         channel: ResponseChannel<SyncResponse>,
     ) {
-        if self.inbound_busy >= self.limits.max_inbound_syncs {
+        if !self.inbound.try_take(&peer) {
             self.stats.sync_refused_busy += 1;
             let _ = self.swarm.behaviour_mut().sync.send_response(
                 channel,
@@ -1259,7 +1377,6 @@ impl Driver {
             return;
         }
         tracing::trace!(%peer, "answering a sync request");
-        self.inbound_busy += 1;
         let store = self.store.clone();
         let cfg = self.reconcile.clone();
         let tx = self.internal_tx.clone();
@@ -1270,7 +1387,13 @@ impl Driver {
                     .unwrap_or_else(|e| SyncResponse::Refused {
                         reason: format!("internal error: {e}"),
                     });
-            let _ = tx.send(Internal::Answer { channel, response }).await;
+            let _ = tx
+                .send(Internal::Answer {
+                    peer,
+                    channel,
+                    response,
+                })
+                .await;
         });
     }
 }
@@ -1304,12 +1427,21 @@ fn answer_request(store: &Store, request: SyncRequest, cfg: &ReconcileConfig) ->
                 },
             }
         }
-        SyncRequest::Fetch { ids } => {
+        SyncRequest::Fetch { scope, ids } => {
             let n = ids.len().min(cfg.max_fetch_ids.max(1));
             match store.record_bytes(&ids[..n], cfg.max_fetch_response_bytes) {
+                // Only what belongs to the scope asked about: a fetch never
+                // reaches records of other rooms by their ids.
                 Ok(found) => SyncResponse::Records {
                     served: found.len() as u32,
-                    records: found.into_iter().flatten().collect(),
+                    records: found
+                        .into_iter()
+                        .flatten()
+                        .filter(|bytes| {
+                            UnverifiedRecord::decode(bytes)
+                                .is_ok_and(|u| scope_of(u.record()) == scope)
+                        })
+                        .collect(),
                 },
                 Err(e) => SyncResponse::Refused {
                     reason: format!("store failure: {e}"),
@@ -1401,10 +1533,11 @@ fn apply_jobs(store: &Store, jobs: Vec<WriteJob>) -> Vec<Internal> {
             WriteJob::Sync { key, records: raw } => {
                 let mut refused = 0u64;
                 let mut decoded = Vec::with_capacity(raw.len());
-                for bytes in raw {
-                    match UnverifiedRecord::decode(&bytes) {
-                        Ok(u) if scope_of(u.record()) == key.1 => decoded.push(u),
-                        _ => refused += 1,
+                for u in raw {
+                    if scope_of(u.record()) == key.1 {
+                        decoded.push(u);
+                    } else {
+                        refused += 1;
                     }
                 }
                 let start = records.len();
