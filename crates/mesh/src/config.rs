@@ -5,6 +5,7 @@ use std::time::Duration;
 use libp2p::Multiaddr;
 
 use crate::rate::Rate;
+use crate::reach::ReachConfig;
 use crate::reconcile::ReconcileConfig;
 
 /// How a mesh node starts. [`MeshConfig::new`] gives the defaults for a
@@ -51,6 +52,9 @@ pub struct MeshConfig {
     pub idle_connection_timeout: Duration,
     /// Reconciliation bounds.
     pub reconcile: ReconcileConfig,
+    /// Timing of bootstrap redials, relay reservations and circuit
+    /// refreshes.
+    pub reach: ReachConfig,
     /// Rate limits and queue bounds.
     pub limits: Limits,
     /// Agent string sent by identify.
@@ -85,6 +89,7 @@ impl MeshConfig {
             gossip_heartbeat: Duration::from_secs(1),
             idle_connection_timeout: Duration::from_secs(120),
             reconcile: ReconcileConfig::default(),
+            reach: ReachConfig::default(),
             limits: Limits::default(),
             agent: format!("tincan/{}", env!("CARGO_PKG_VERSION")),
             emulated_link_delay: None,
