@@ -1017,8 +1017,8 @@ impl Driver {
                 error,
                 ..
             } => {
-                if self.reach.is_bootstrap(&peer) {
-                    tracing::info!(%peer, "cannot reach the bootstrap node ({error}); trying again with backoff: check its address and that it runs");
+                if self.reach.is_anchor(&peer) {
+                    tracing::info!(%peer, "cannot reach the bootstrap node or relay ({error}); trying again with backoff: check its address and that it runs");
                 } else {
                     tracing::debug!(%peer, "dial failed: {error}");
                 }
@@ -1069,7 +1069,7 @@ impl Driver {
                         .condition(PeerCondition::DisconnectedAndNotDialing)
                         .build();
                     if let Err(e) = self.swarm.dial(opts) {
-                        tracing::info!(%peer, "cannot dial the bootstrap node: {e}");
+                        tracing::info!(%peer, "cannot dial the bootstrap node or relay: {e}");
                         self.reach.on_dial_failed(peer, now);
                     }
                 }

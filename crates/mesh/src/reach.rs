@@ -110,8 +110,11 @@ impl Backoff {
     }
 }
 
+/// A peer the node keeps a connection to: a bootstrap peer or a relay.
 #[derive(Clone, Debug)]
 struct Bootstrap {
+    /// A bootstrap peer (else only a configured relay).
+    bootstrap: bool,
     addrs: Vec<Multiaddr>,
     connected: bool,
     dialing: bool,
@@ -199,6 +202,7 @@ impl Reach {
         for addr in bootstrap {
             if let Some(Protocol::P2p(peer)) = addr.iter().last() {
                 let b = reach.bootstraps.entry(peer).or_insert(Bootstrap {
+                    bootstrap: true,
                     addrs: Vec::new(),
                     connected: false,
                     dialing: false,
@@ -209,6 +213,18 @@ impl Reach {
         }
         for addr in relays {
             if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                // A relay is kept connected like a bootstrap peer: a
+                // reservation needs the connection.
+                let b = reach.bootstraps.entry(peer).or_insert(Bootstrap {
+                    bootstrap: false,
+                    addrs: Vec::new(),
+                    connected: false,
+                    dialing: false,
+                    backoff: Backoff::new(reach.config.backoff_min),
+                });
+                if !b.addrs.contains(addr) {
+                    b.addrs.push(addr.clone());
+                }
                 reach.relays.insert(
                     peer,
                     Relay {
@@ -226,6 +242,12 @@ impl Reach {
 
     /// Whether `peer` is one of the bootstrap peers.
     pub fn is_bootstrap(&self, peer: &PeerId) -> bool {
+        self.bootstraps.get(peer).is_some_and(|b| b.bootstrap)
+    }
+
+    /// Whether the node keeps a connection to `peer` (a bootstrap peer or
+    /// a configured relay).
+    pub fn is_anchor(&self, peer: &PeerId) -> bool {
         self.bootstraps.contains_key(peer)
     }
 
@@ -321,7 +343,7 @@ impl Reach {
             r.offers = true;
             return;
         }
-        let Some(b) = self.bootstraps.get(&peer) else {
+        let Some(b) = self.bootstraps.get(&peer).filter(|b| b.bootstrap) else {
             return;
         };
         let Some(addr) = b.addrs.first().cloned() else {
