@@ -175,6 +175,8 @@ pub fn load_or_create_key(path: &Path) -> Result<NodeKey> {
 /// A running bootstrap node.
 pub struct Bootstrap {
     mesh: Mesh,
+    /// How many listen addresses were configured.
+    listening: usize,
     voice: Option<voice_relay::VoiceRelay>,
 }
 
@@ -187,6 +189,7 @@ impl Bootstrap {
         if listen.is_empty() {
             bail!("no listen address: set `listen` in the configuration");
         }
+        let listening = listen.len();
         let mut mesh_config = MeshConfig::new(*key.seed());
         mesh_config.listen_addrs = listen;
         mesh_config.external_addrs = external;
@@ -208,7 +211,11 @@ impl Bootstrap {
         let mesh = Mesh::start(mesh_config, store)
             .await
             .context("cannot start the mesh")?;
-        Ok(Bootstrap { mesh, voice })
+        Ok(Bootstrap {
+            mesh,
+            listening,
+            voice,
+        })
     }
 
     /// Its PeerId.
@@ -218,12 +225,19 @@ impl Bootstrap {
 
     /// The addresses it listens on, each with `/p2p/<peer id>`: what players
     /// pass to `tincan up --bootstrap`.
+    ///
+    /// Waits (up to 5 s) until every configured listen address is up: the
+    /// first to come up is not all of them (a TCP listener is often ready
+    /// before the QUIC one).
     pub async fn addresses(&self) -> Result<Vec<Multiaddr>> {
         let id = self.peer_id();
-        Ok(self
-            .mesh
-            .listen_addrs()
-            .await?
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut addrs = self.mesh.listen_addrs().await?;
+        while addrs.len() < self.listening && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            addrs = self.mesh.listen_addrs().await?;
+        }
+        Ok(addrs
             .into_iter()
             .map(|a| a.with_p2p(id).unwrap_or_else(|a| a))
             .collect())

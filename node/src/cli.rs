@@ -794,6 +794,7 @@ fn peers(ctx: &Ctx) -> Result<()> {
                 .map(|p| json!({
                     "peer_id": p.peer_id.to_string(),
                     "address": p.address.to_string(),
+                    "path": p.path.as_str(),
                     "rtt_ms": p.rtt.map(|d| d.as_secs_f64() * 1000.0),
                     "score": p.score,
                     "agent": p.agent,
@@ -808,8 +809,9 @@ fn peers(ctx: &Ctx) -> Result<()> {
                 .iter()
                 .map(|p| {
                     format!(
-                        "{}  {}  rtt {}  score {}",
+                        "{}  {}  {}  rtt {}  score {}",
                         p.peer_id,
+                        p.path.as_str(),
                         p.address,
                         p.rtt
                             .map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))

@@ -217,3 +217,155 @@ pub fn circuit_to(args: &[&str], through: &Tincan) -> Option<String> {
     let id = through.json(&["id"])["node_id"].as_str()?.to_owned();
     Some(format!("{}/p2p-circuit/p2p/{id}", args.get(i + 1)?))
 }
+
+/// A home network as the NAT matrix builds it: what stands between a
+/// player's host and the public segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Home {
+    /// No NAT: the host sits on the public segment itself.
+    Public,
+    /// `MASQUERADE`: the same public port to every destination
+    /// (endpoint-independent mapping), filtering by remote address and port.
+    PortPreserving,
+    /// `MASQUERADE` and a firewall that lets in only established and
+    /// related traffic (what most home routers do on top).
+    PortRestricted,
+    /// `MASQUERADE --random`: a new public port per destination (symmetric).
+    Symmetric,
+}
+
+impl Home {
+    /// Every kind, in the matrix's order.
+    pub const ALL: [Home; 4] = [
+        Home::Public,
+        Home::PortPreserving,
+        Home::PortRestricted,
+        Home::Symmetric,
+    ];
+
+    /// A short name for figures.
+    pub fn name(self) -> &'static str {
+        match self {
+            Home::Public => "public",
+            Home::PortPreserving => "port-preserving",
+            Home::PortRestricted => "port-restricted",
+            Home::Symmetric => "symmetric",
+        }
+    }
+
+    /// Whether the side maps per destination (its NAT defeats punching
+    /// towards anyone that filters).
+    pub fn maps_per_destination(self) -> bool {
+        self == Home::Symmetric
+    }
+}
+
+/// The NAT matrix's lab: the public segment 10.77.2.0/24 (a bridge in
+/// `sw`) with the bootstrap node `boot` at .1, and two homes, `a` and `b`,
+/// of the given kinds. A public home's host is on the segment itself
+/// (10.77.2.10 and .11); a home behind a router has its host at
+/// 10.79.0.2 (a) or 10.78.0.2 (b) and the router at .253 (a) or .254 (b) on
+/// the segment. No port forward anywhere. Returns the namespaces (boot, a,
+/// b first) and each host's address.
+pub fn nat_lab(prefix: &str, home_a: Home, home_b: Home) -> (Namespaces, [String; 2]) {
+    let ns = Namespaces::create(prefix, &["boot", "a", "b", "sw", "rta", "rtb"]);
+    let [boot, a, b, sw, rta, rtb] = [0, 1, 2, 3, 4, 5].map(|i| ns.names[i].as_str());
+    sh(&["ip", "-n", sw, "link", "add", "br0", "type", "bridge"]);
+    sh(&["ip", "-n", sw, "link", "set", "br0", "up"]);
+    let mut port = 0;
+    let mut on_segment = |host: &str, cidr: &str| {
+        let p = format!("p{port}");
+        port += 1;
+        veth(sw, &p, host, "eth0");
+        sh(&["ip", "-n", sw, "link", "set", &p, "master", "br0"]);
+        sh(&["ip", "-n", sw, "link", "set", &p, "up"]);
+        addr(host, "eth0", cidr);
+    };
+    on_segment(boot, "10.77.2.1/24");
+    let mut hosts = [String::new(), String::new()];
+    for (i, (home, host, rt, public_ip, router_ip, net)) in [
+        (home_a, a, rta, "10.77.2.10", "10.77.2.253", "10.79.0"),
+        (home_b, b, rtb, "10.77.2.11", "10.77.2.254", "10.78.0"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if home == Home::Public {
+            on_segment(host, &format!("{public_ip}/24"));
+            hosts[i] = public_ip.to_owned();
+            continue;
+        }
+        on_segment(rt, &format!("{router_ip}/24"));
+        veth(rt, "eth1", host, "eth0");
+        addr(rt, "eth1", &format!("{net}.1/24"));
+        addr(host, "eth0", &format!("{net}.2/24"));
+        sh(&[
+            "ip",
+            "-n",
+            host,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("{net}.1"),
+        ]);
+        in_ns(rt, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let src = format!("{net}.0/24");
+        let mut rule = vec![
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            &src,
+            "-o",
+            "eth0",
+            "-j",
+            "MASQUERADE",
+        ];
+        if home == Home::Symmetric {
+            rule.push("--random");
+        }
+        in_ns(rt, &rule);
+        // Nothing unsolicited from outside reaches the router itself, as on
+        // any home router.
+        in_ns(
+            rt,
+            &[
+                "iptables",
+                "-A",
+                "INPUT",
+                "-i",
+                "eth0",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "NEW",
+                "-j",
+                "DROP",
+            ],
+        );
+        if home == Home::PortRestricted {
+            in_ns(
+                rt,
+                &[
+                    "iptables",
+                    "-A",
+                    "FORWARD",
+                    "-i",
+                    "eth0",
+                    "-m",
+                    "conntrack",
+                    "!",
+                    "--ctstate",
+                    "ESTABLISHED,RELATED",
+                    "-j",
+                    "DROP",
+                ],
+            );
+        }
+        hosts[i] = format!("{net}.2");
+    }
+    (ns, hosts)
+}

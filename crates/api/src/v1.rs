@@ -253,6 +253,7 @@ async fn peers(State(state): State<ApiState>, req: Request) -> Response {
             list.push(json!({
                 "peerId": id,
                 "address": p.address.to_string(),
+                "path": p.path.as_str(),
                 "rttMs": p.rtt.map(|d| d.as_secs_f64() * 1000.0),
                 "score": p.score,
                 "agent": p.agent,

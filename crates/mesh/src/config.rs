@@ -5,6 +5,7 @@ use std::time::Duration;
 use libp2p::Multiaddr;
 
 use crate::rate::Rate;
+use crate::reach::ReachConfig;
 use crate::reconcile::ReconcileConfig;
 
 /// How a mesh node starts. [`MeshConfig::new`] gives the defaults for a
@@ -51,6 +52,9 @@ pub struct MeshConfig {
     pub idle_connection_timeout: Duration,
     /// Reconciliation bounds.
     pub reconcile: ReconcileConfig,
+    /// Timing of bootstrap redials, relay reservations and circuit
+    /// refreshes.
+    pub reach: ReachConfig,
     /// Rate limits and queue bounds.
     pub limits: Limits,
     /// Agent string sent by identify.
@@ -85,6 +89,7 @@ impl MeshConfig {
             gossip_heartbeat: Duration::from_secs(1),
             idle_connection_timeout: Duration::from_secs(120),
             reconcile: ReconcileConfig::default(),
+            reach: ReachConfig::default(),
             limits: Limits::default(),
             agent: format!("tincan/{}", env!("CARGO_PKG_VERSION")),
             emulated_link_delay: None,
@@ -136,6 +141,14 @@ pub struct Limits {
     /// Authors tracked by the per-author limit; past it the least recently
     /// seen is forgotten.
     pub max_tracked_authors: usize,
+    /// Records received by catch-up sync from one peer; past it the rest of
+    /// an answer is dropped and the session ends (counted in
+    /// [`crate::MeshStats::sync_over_budget`]; no penalty: the next sync
+    /// goes on). Larger than gossip's: a late joiner pulls a room at once.
+    pub sync_per_peer: Rate,
+    /// Records received by catch-up sync by one author, whoever serves
+    /// them; past it as above.
+    pub sync_per_author: Rate,
     /// Jobs waiting for the store writer; past it gossip is ignored and
     /// counted in [`crate::MeshStats::queue_full`], and a sync batch ends its
     /// session (the next sync fetches it again).
@@ -151,6 +164,9 @@ pub struct Limits {
     /// Inbound sync requests being answered at once; more are refused
     /// ("busy") and the peer tries later.
     pub max_inbound_syncs: usize,
+    /// Inbound sync requests of one peer answered at once, so that one
+    /// peer holds at most half the slots; more are refused ("busy").
+    pub max_inbound_syncs_per_peer: usize,
     /// Rooms a node subscribes to; past it `subscribe_room` fails.
     pub max_rooms: usize,
     /// Connections at once (in and out); past it new ones are refused.
@@ -230,11 +246,22 @@ impl Default for Limits {
                 burst: 500.0,
             },
             max_tracked_authors: 10_000,
+            // A late joiner's catch-up of a 10,000-record room fits the
+            // burst; a steady 2,000 a second is far above any real room.
+            sync_per_peer: Rate {
+                per_second: 5_000.0,
+                burst: 50_000.0,
+            },
+            sync_per_author: Rate {
+                per_second: 2_000.0,
+                burst: 20_000.0,
+            },
             apply_queue: 1024,
             max_apply_batch: 4096,
             max_sessions: 64,
             max_queued_syncs: 1024,
             max_inbound_syncs: 16,
+            max_inbound_syncs_per_peer: 8,
             max_rooms: 1024,
             max_connections: 256,
             dht_dial_below: 24,

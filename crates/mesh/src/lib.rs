@@ -31,6 +31,7 @@ pub mod error;
 pub mod node;
 pub mod protocol;
 pub mod rate;
+pub mod reach;
 pub mod reconcile;
 
 pub use behaviour::{build_swarm, profiles_topic, room_topic, voice_topic};
@@ -38,6 +39,6 @@ pub use config::{Limits, MeshConfig, RelayLimits};
 pub use error::{DialError, PublishError, StartError, Stopped, SubscribeError};
 pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId};
-pub use node::{MAX_SIGNAL_BYTES, Mesh, MeshStats, PeerInfo, Signal};
+pub use node::{MAX_SIGNAL_BYTES, Mesh, MeshStats, PeerInfo, PeerPath, Signal};
 pub use rate::Rate;
 pub use reconcile::ReconcileConfig;

@@ -9,7 +9,14 @@
 //!   commit), and reports each outcome back (gossip needs one to tell
 //!   gossipsub whether to forward);
 //! - sync answers run on blocking threads, at most
-//!   [`Limits::max_inbound_syncs`] at once.
+//!   [`Limits::max_inbound_syncs`] at once and
+//!   [`Limits::max_inbound_syncs_per_peer`] for one peer.
+//!
+//! Sync is pull-only: a fetch answer may hold only the records asked for
+//! (anything else drops the answer, ends the session and lowers the peer's
+//! gossipsub score through its application score), a fetch is served only
+//! within the scope it names, and what a sync brings in counts against
+//! per-peer and per-author budgets like gossip.
 //!
 //! Gossip validation maps the store's outcome to gossipsub's verdict:
 //! undecodable, oversized, forged, off-topic or rule-breaking records are
@@ -28,11 +35,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, TopicHash};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::ConnectionId;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns, ping};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, identify, kad, mdns, ping, relay};
 use tincan_core::{MAX_RECORD_BYTES, RoomId, SignedRecord, UnverifiedRecord, UserId};
 use tincan_store::{Applied, Store};
 use tokio::sync::{mpsc, oneshot};
@@ -44,7 +54,8 @@ use crate::behaviour::{
 use crate::config::{Limits, MeshConfig};
 use crate::error::{DialError, PublishError, StartError, Stopped, SubscribeError};
 use crate::protocol::{SYNC_PROTOCOL, Scope, SyncItem, SyncRequest, SyncResponse};
-use crate::rate::RateLimiter;
+use crate::rate::{FairSlots, RateLimiter};
+use crate::reach::{self, Reach, ReachAction};
 use crate::reconcile::{self, ReconcileConfig, Session};
 
 /// Counters of what a node did, for `tincan peers` and tests.
@@ -70,8 +81,16 @@ pub struct MeshStats {
     pub synced_records: u64,
     /// Records received by sync and refused (bad signature, rules, off scope).
     pub synced_rejected: u64,
-    /// Inbound sync requests refused because too many were being answered.
+    /// Inbound sync requests refused because too many were being answered
+    /// (in all, or for that one peer).
     pub sync_refused_busy: u64,
+    /// Sync sessions ended because the peer broke the protocol: records
+    /// nobody asked for, malformed answers, records our rules refuse. Each
+    /// also lowers the peer's gossipsub score.
+    pub sync_lies: u64,
+    /// Sync answers cut short because the peer or an author ran over its
+    /// sync budget (no penalty: the next sync goes on).
+    pub sync_over_budget: u64,
 }
 
 /// What the node knows of a connected peer.
@@ -79,14 +98,37 @@ pub struct MeshStats {
 pub struct PeerInfo {
     /// The peer.
     pub peer_id: PeerId,
-    /// The address of one connection to it.
+    /// The address of the connection in use: a direct one when there is
+    /// one (DCUtR upgrades circuits), else a relay circuit.
     pub address: Multiaddr,
+    /// Whether that connection is direct or through a relay.
+    pub path: PeerPath,
     /// Last ping round trip.
     pub rtt: Option<Duration>,
     /// Its gossipsub score (negative after invalid records).
     pub score: Option<f64>,
     /// Its identify agent string.
     pub agent: Option<String>,
+}
+
+/// How a peer is reached now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerPath {
+    /// A direct connection (on a LAN, to a public address, or punched
+    /// through NATs by DCUtR).
+    Direct,
+    /// Only through a relay circuit.
+    Relayed,
+}
+
+impl PeerPath {
+    /// The name `tincan peers` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerPath::Direct => "direct",
+            PeerPath::Relayed => "relayed",
+        }
+    }
 }
 
 type SessionKey = (PeerId, Scope);
@@ -164,7 +206,7 @@ enum WriteJob {
     },
     Sync {
         key: SessionKey,
-        records: Vec<Vec<u8>>,
+        records: Vec<UnverifiedRecord>,
     },
 }
 
@@ -185,6 +227,7 @@ enum Internal {
         session: Option<Box<Session>>,
     },
     Answer {
+        peer: PeerId,
         channel: ResponseChannel<SyncResponse>,
         response: SyncResponse,
     },
@@ -235,27 +278,30 @@ impl Mesh {
             .gossipsub
             .set_topic_params(profiles.clone(), topic_score_params());
         for addr in &config.bootstrap_peers {
-            if let Some(Protocol::P2p(peer)) = addr.iter().last() {
-                swarm
-                    .behaviour_mut()
-                    .kademlia
-                    .add_address(&peer, addr.clone());
+            match addr.iter().last() {
+                Some(Protocol::P2p(peer)) => {
+                    swarm
+                        .behaviour_mut()
+                        .kademlia
+                        .add_address(&peer, addr.clone());
+                }
+                _ => tracing::info!(
+                    %addr,
+                    "bootstrap address has no /p2p/<peer id> at its end, so it is not used: copy the whole address tincan-bootstrap prints"
+                ),
             }
-            if let Err(e) = swarm.dial(addr.clone()) {
-                tracing::warn!(%addr, "cannot dial bootstrap peer: {e}");
-            }
-        }
-        if !config.bootstrap_peers.is_empty() {
-            let _ = swarm.behaviour_mut().kademlia.bootstrap();
         }
         for addr in &config.external_addrs {
             swarm.add_external_address(addr.clone());
         }
-        for relay in &config.relays {
-            if let Err(e) = swarm.listen_on(relay.clone().with(Protocol::P2pCircuit)) {
-                tracing::warn!(%relay, "cannot listen through relay: {e}");
-            }
-        }
+        // Bootstrap dials and relay reservations are the reach planner's:
+        // it dials at once, reserves once connected, and retries both.
+        let reach = Reach::new(
+            config.reach.clone(),
+            &config.bootstrap_peers,
+            &config.relays,
+            config.limits.max_connections as usize + 16,
+        );
         let limits = config.limits.clone();
         let (commands, command_rx) = mpsc::channel(limits.command_queue.max(1));
         let (writer_tx, writer_rx) = mpsc::channel(limits.apply_queue.max(1));
@@ -272,6 +318,16 @@ impl Mesh {
             reconcile: config.reconcile.clone(),
             peer_limit: RateLimiter::new(limits.per_peer, limits.max_connections as usize + 16),
             author_limit: RateLimiter::new(limits.per_author, limits.max_tracked_authors),
+            sync_peer_limit: RateLimiter::new(
+                limits.sync_per_peer,
+                limits.max_connections as usize + 16,
+            ),
+            sync_author_limit: RateLimiter::new(limits.sync_per_author, limits.max_tracked_authors),
+            offences: HashMap::new(),
+            inbound: FairSlots::new(limits.max_inbound_syncs, limits.max_inbound_syncs_per_peer),
+            reach,
+            circuit_listeners: HashMap::new(),
+            circuit_limits: HashMap::new(),
             limits,
             config,
             rooms: HashSet::new(),
@@ -282,7 +338,6 @@ impl Mesh {
             starting: HashSet::new(),
             queued: VecDeque::new(),
             inflight: HashMap::new(),
-            inbound_busy: 0,
             writer: writer_tx,
             internal_tx: internal_tx.clone(),
             stats: MeshStats::default(),
@@ -471,9 +526,7 @@ fn room_key(room: &RoomId) -> kad::RecordKey {
     kad::RecordKey::new(&room_topic(room).hash().as_str())
 }
 
-fn is_circuit(addr: &Multiaddr) -> bool {
-    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
-}
+use crate::reach::is_circuit;
 
 /// The topic a record is gossiped on.
 pub fn topic_of(record: &SignedRecord) -> IdentTopic {
@@ -491,12 +544,32 @@ fn scope_of(record: &tincan_core::Record) -> Scope {
 }
 
 struct PeerState {
-    address: Multiaddr,
+    /// Open connections: remote address and whether it is a relay circuit.
+    connections: HashMap<ConnectionId, (Multiaddr, bool)>,
     rtt: Option<Duration>,
     agent: Option<String>,
     /// Whether it speaks our sync protocol (learnt from identify).
     syncs: bool,
+    /// The addresses it listens on, as identify said (its circuit address
+    /// among them when it is behind a NAT), bounded.
+    listen_addrs: Vec<Multiaddr>,
 }
+
+impl PeerState {
+    /// The connection to show: a direct one if any (DCUtR upgraded the
+    /// circuit), else a circuit; the newest of its kind.
+    fn best(&self) -> Option<(&Multiaddr, bool)> {
+        let mut conns: Vec<(&ConnectionId, &(Multiaddr, bool))> = self.connections.iter().collect();
+        conns.sort_by_key(|(id, (_, relayed))| (!*relayed, **id));
+        conns.last().map(|(_, (a, r))| (a, *r))
+    }
+}
+
+/// Most listen addresses kept per peer from identify.
+const MAX_PEER_LISTEN_ADDRS: usize = 16;
+
+/// Relays' circuit limits remembered (by remote peer or relay).
+const MAX_CIRCUIT_LIMITS: usize = 1024;
 
 struct Driver {
     swarm: Swarm<Behaviour>,
@@ -516,9 +589,24 @@ struct Driver {
     starting: HashSet<SessionKey>,
     queued: VecDeque<SessionKey>,
     inflight: HashMap<OutboundRequestId, SessionKey>,
-    inbound_busy: usize,
+    /// Inbound sync requests being answered, shared fairly between peers.
+    inbound: FairSlots<PeerId>,
+    /// Bootstrap redials, relay reservations, circuit refreshes.
+    reach: Reach,
+    /// Our listeners on relay circuits, by the relay they reserve on.
+    circuit_listeners: HashMap<ListenerId, PeerId>,
+    /// The life of circuits as relays said, by the remote peer (inbound
+    /// circuits) or the relay (outbound ones).
+    circuit_limits: HashMap<PeerId, Duration>,
     peer_limit: RateLimiter<PeerId>,
     author_limit: RateLimiter<UserId>,
+    /// Records received by sync, per peer that served them and per author:
+    /// larger buckets than gossip's, since catch-up comes in bursts.
+    sync_peer_limit: RateLimiter<PeerId>,
+    sync_author_limit: RateLimiter<UserId>,
+    /// Protocol violations by each peer, which set its application score
+    /// in gossipsub; at most [`MAX_TRACKED_OFFENDERS`] peers are kept.
+    offences: HashMap<PeerId, u32>,
     writer: mpsc::Sender<WriteJob>,
     internal_tx: mpsc::Sender<Internal>,
     stats: MeshStats,
@@ -537,6 +625,19 @@ struct Driver {
 /// peer was known reached nobody), the hundredth adds little.
 const ANNOUNCE_DEBOUNCE: Duration = Duration::from_secs(10);
 
+/// Peers whose protocol violations are remembered at once.
+const MAX_TRACKED_OFFENDERS: usize = 1024;
+
+/// Application score per violation. gossipsub weighs it by
+/// `app_specific_weight` (10 by default): one violation puts a peer at
+/// -100, under the default graylist threshold of -80.
+const SCORE_PER_OFFENCE: f64 = 10.0;
+
+/// How often the reach planner is asked what to do (its waits are whole
+/// seconds; the first tick is at once, so bootstrap peers are dialled at
+/// start).
+const REACH_TICK: Duration = Duration::from_millis(250);
+
 /// How often rooms that have no connected peer yet are looked up again in
 /// the DHT, beside the slower periodic sync.
 const LONELY_ROOM_LOOKUP: Duration = Duration::from_secs(3);
@@ -554,6 +655,8 @@ impl Driver {
         let mut lonely = tokio::time::interval(LONELY_ROOM_LOOKUP);
         lonely.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         lonely.tick().await;
+        let mut reach_tick = tokio::time::interval(REACH_TICK);
+        reach_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
@@ -564,6 +667,7 @@ impl Driver {
                 Some(msg) = internal.recv() => self.on_internal(msg),
                 _ = periodic.tick() => self.periodic_sync(),
                 _ = lonely.tick() => self.look_up_lonely_rooms(),
+                _ = reach_tick.tick() => self.drive_reach(),
             }
         }
         tracing::debug!(peer = %self.swarm.local_peer_id(), "mesh node stopped");
@@ -642,7 +746,14 @@ impl Driver {
                     .iter()
                     .map(|(id, p)| PeerInfo {
                         peer_id: *id,
-                        address: p.address.clone(),
+                        address: p
+                            .best()
+                            .map(|(a, _)| a.clone())
+                            .unwrap_or_else(Multiaddr::empty),
+                        path: match p.best() {
+                            Some((_, true)) => PeerPath::Relayed,
+                            _ => PeerPath::Direct,
+                        },
                         rtt: p.rtt,
                         score: g.peer_score(id),
                         agent: p.agent.clone(),
@@ -774,6 +885,7 @@ impl Driver {
     fn periodic_sync(&mut self) {
         let now = Instant::now();
         self.author_limit.prune(now, Duration::from_secs(600));
+        self.sync_author_limit.prune(now, Duration::from_secs(600));
         let peers: Vec<PeerId> = {
             let mut v: Vec<PeerId> = self
                 .peers
@@ -808,8 +920,14 @@ impl Driver {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr {
+                address,
+                listener_id,
+            } => {
                 tracing::debug!(%address, "listening");
+                if let Some(relay) = self.circuit_listeners.get(&listener_id) {
+                    tracing::info!(%relay, %address, "reachable through a relay circuit");
+                }
                 if self.config.advertise_listen_addrs && !is_circuit(&address) {
                     self.swarm.add_external_address(address.clone());
                 }
@@ -827,30 +945,186 @@ impl Driver {
                 }
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } => {
-                self.peers.entry(peer_id).or_insert(PeerState {
-                    address: endpoint.get_remote_address().clone(),
+                let relayed = endpoint.is_relayed();
+                let address = endpoint.get_remote_address().clone();
+                let life = if relayed {
+                    self.circuit_limits.get(&peer_id).copied().or_else(|| {
+                        reach::relay_of(&address).and_then(|r| self.circuit_limits.get(&r).copied())
+                    })
+                } else {
+                    None
+                };
+                self.reach
+                    .on_connected(peer_id, relayed, life, Instant::now());
+                if self.reach.is_bootstrap(&peer_id) {
+                    tracing::info!(peer = %peer_id, %address, "connected to a bootstrap node");
+                    // Find the DHT's other nodes through it.
+                    let _ = self.swarm.behaviour_mut().kademlia.bootstrap();
+                }
+                let state = self.peers.entry(peer_id).or_insert(PeerState {
+                    connections: HashMap::new(),
                     rtt: None,
                     agent: None,
                     syncs: false,
+                    listen_addrs: Vec::new(),
                 });
+                let had_direct = state.connections.values().any(|(_, r)| !r);
+                state
+                    .connections
+                    .insert(connection_id, (address.clone(), relayed));
+                if !relayed && !had_direct && state.connections.len() > 1 {
+                    tracing::info!(peer = %peer_id, %address, "direct connection to a peer reached through a relay");
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                endpoint,
+                connection_id,
+                num_established,
                 ..
             } => {
+                self.reach.on_disconnected(
+                    peer_id,
+                    endpoint.is_relayed(),
+                    num_established,
+                    Instant::now(),
+                );
+                if let Some(p) = self.peers.get_mut(&peer_id) {
+                    p.connections.remove(&connection_id);
+                }
+                if self.reach.is_bootstrap(&peer_id) && num_established == 0 {
+                    tracing::info!(peer = %peer_id, "lost the bootstrap node; dialling it again with backoff");
+                }
+                if num_established > 0 {
+                    return;
+                }
                 self.peers.remove(&peer_id);
                 self.peer_limit.forget(&peer_id);
+                self.sync_peer_limit.forget(&peer_id);
                 self.sessions.retain(|(p, _), _| *p != peer_id);
                 self.applying.retain(|(p, _), _| *p != peer_id);
                 self.queued.retain(|(p, _)| *p != peer_id);
                 self.inflight.retain(|_, (p, _)| *p != peer_id);
                 self.start_queued();
             }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                if self.reach.is_anchor(&peer) {
+                    tracing::info!(%peer, "cannot reach the bootstrap node or relay ({error}); trying again with backoff: check its address and that it runs");
+                } else {
+                    tracing::debug!(%peer, "dial failed: {error}");
+                }
+                self.reach.on_dial_failed(peer, Instant::now());
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                addresses,
+            } => {
+                for a in &addresses {
+                    self.swarm.remove_external_address(a);
+                }
+                if let Some(relay) = self.circuit_listeners.remove(&listener_id) {
+                    match reason {
+                        Ok(()) => {
+                            tracing::info!(%relay, "relay reservation ended; asking again with backoff")
+                        }
+                        Err(e) => {
+                            tracing::info!(%relay, "relay reservation failed ({e}); asking again with backoff: the relay may be full or restarting")
+                        }
+                    }
+                    self.reach.on_reservation_lost(relay, Instant::now());
+                } else {
+                    tracing::info!(
+                        ?addresses,
+                        ?reason,
+                        "a listener closed: the node no longer listens there"
+                    );
+                }
+            }
+            SwarmEvent::ListenerError { listener_id, error } => {
+                tracing::info!(?listener_id, "listener error: {error}");
+            }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
+        }
+    }
+
+    /// Carries out the reach planner's decisions.
+    fn drive_reach(&mut self) {
+        let now = Instant::now();
+        for action in self.reach.poll(now) {
+            match action {
+                ReachAction::DialBootstrap { peer, addrs } => {
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addrs)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        tracing::info!(%peer, "cannot dial the bootstrap node or relay: {e}");
+                        self.reach.on_dial_failed(peer, now);
+                    }
+                }
+                ReachAction::Reserve { relay, addr } => {
+                    match self
+                        .swarm
+                        .listen_on(addr.clone().with(Protocol::P2pCircuit))
+                    {
+                        Ok(id) => {
+                            tracing::debug!(%relay, "asking the relay for a reservation");
+                            self.circuit_listeners.insert(id, relay);
+                        }
+                        Err(e) => {
+                            tracing::info!(%relay, %addr, "cannot listen through the relay: {e}");
+                            self.reach.on_reservation_lost(relay, now);
+                        }
+                    }
+                }
+                ReachAction::RefreshCircuit { peer } => {
+                    // A new circuit before the old one ends: the peer's
+                    // circuit addresses (identify said them) and whatever
+                    // else the behaviours know.
+                    let addrs: Vec<Multiaddr> = self
+                        .peers
+                        .get(&peer)
+                        .map(|p| {
+                            let mut v: Vec<Multiaddr> = p
+                                .listen_addrs
+                                .iter()
+                                .filter(|a| is_circuit(a))
+                                .cloned()
+                                .collect();
+                            v.extend(
+                                p.connections
+                                    .values()
+                                    .filter(|(a, r)| *r && is_circuit(a))
+                                    .map(|(a, _)| a.clone()),
+                            );
+                            v
+                        })
+                        .unwrap_or_default();
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addrs)
+                        .condition(PeerCondition::Always)
+                        .build();
+                    match self.swarm.dial(opts) {
+                        Ok(()) => {
+                            tracing::debug!(%peer, "opening a fresh circuit before the old one ends")
+                        }
+                        Err(e) => {
+                            tracing::info!(%peer, "cannot renew the circuit to a peer behind a NAT: {e}")
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -871,6 +1145,17 @@ impl Driver {
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let syncs = info.protocols.contains(&SYNC_PROTOCOL);
+                if info.protocols.contains(&libp2p::relay::HOP_PROTOCOL_NAME) {
+                    self.reach.on_relay_offered(peer_id);
+                }
+                if let Some(p) = self.peers.get_mut(&peer_id) {
+                    p.listen_addrs = info
+                        .listen_addrs
+                        .iter()
+                        .take(MAX_PEER_LISTEN_ADDRS)
+                        .cloned()
+                        .collect();
+                }
                 if info.protocols.contains(&KAD_PROTOCOL) {
                     for addr in &info.listen_addrs {
                         self.swarm
@@ -895,6 +1180,32 @@ impl Driver {
                     }
                 }
             }
+            BehaviourEvent::RelayClient(event) => self.on_relay_client(event),
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
+                let public = matches!(new, autonat::NatStatus::Public(_));
+                tracing::info!(
+                    ?old,
+                    ?new,
+                    "AutoNAT: reachability changed{}",
+                    if public {
+                        ""
+                    } else {
+                        "; reserving relay slots on the bootstrap nodes"
+                    }
+                );
+                self.reach.on_nat_status(public);
+            }
+            BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => match result {
+                Ok(_) => {
+                    tracing::info!(peer = %remote_peer_id, "hole punched: direct connection to a peer behind a NAT")
+                }
+                Err(e) => {
+                    tracing::info!(peer = %remote_peer_id, "hole punching failed ({e}); the relay circuit stays in use")
+                }
+            },
             BehaviourEvent::Ping(ping::Event {
                 peer,
                 result: Ok(rtt),
@@ -968,6 +1279,35 @@ impl Driver {
                 }
             }
             _ => {}
+        }
+    }
+
+    fn on_relay_client(&mut self, event: relay::client::Event) {
+        let (peer, life) = match event {
+            relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            } => {
+                if !renewal {
+                    tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
+                }
+                self.reach.on_reserved(relay_peer_id);
+                return;
+            }
+            relay::client::Event::OutboundCircuitEstablished {
+                relay_peer_id,
+                limit,
+            } => (relay_peer_id, limit.and_then(|l| l.duration())),
+            relay::client::Event::InboundCircuitEstablished { src_peer_id, limit } => {
+                (src_peer_id, limit.and_then(|l| l.duration()))
+            }
+        };
+        if let Some(d) = life
+            && (self.circuit_limits.contains_key(&peer)
+                || self.circuit_limits.len() < MAX_CIRCUIT_LIMITS)
+        {
+            self.circuit_limits.insert(peer, d);
         }
     }
 
@@ -1078,9 +1418,10 @@ impl Driver {
                 if rejected > 0 {
                     // Rules are deterministic, so an honest peer never
                     // serves a record our store refuses: stop fetching
-                    // from this one (gossip scoring does not see sync).
+                    // from this one, and tell gossipsub's scoring.
                     tracing::warn!(peer = %key.0, rejected, "sync peer served invalid records; session ended");
                     self.sessions.remove(&key);
+                    self.penalise(key.0, "served records the rules refuse");
                 }
                 if let Some(n) = self.applying.get_mut(&key) {
                     *n = n.saturating_sub(1);
@@ -1101,8 +1442,12 @@ impl Driver {
                     _ => self.start_queued(),
                 }
             }
-            Internal::Answer { channel, response } => {
-                self.inbound_busy = self.inbound_busy.saturating_sub(1);
+            Internal::Answer {
+                peer,
+                channel,
+                response,
+            } => {
+                self.inbound.release(&peer);
                 let _ = self
                     .swarm
                     .behaviour_mut()
@@ -1208,8 +1553,25 @@ impl Driver {
                 let Some(session) = self.sessions.get_mut(&key) else {
                     return;
                 };
-                match session.handle_response(response) {
+                let decoded = session.handle_response(response, |bytes| {
+                    let record = UnverifiedRecord::decode(&bytes).ok()?;
+                    Some((record.id(), record))
+                });
+                match decoded {
                     Ok(records) if !records.is_empty() => {
+                        let (records, over_budget) = self.within_sync_budget(key.0, records);
+                        if over_budget {
+                            // Our budget, not the peer's fault: take what
+                            // fits, end the session; the next sync goes on.
+                            self.stats.sync_over_budget += 1;
+                            if let Some(s) = self.sessions.get_mut(&key) {
+                                s.request_failed();
+                            }
+                        }
+                        if records.is_empty() {
+                            self.drive(key);
+                            return;
+                        }
                         match self.writer.try_send(WriteJob::Sync { key, records }) {
                             Ok(()) => {
                                 *self.applying.entry(key).or_insert(0) += 1;
@@ -1223,6 +1585,12 @@ impl Driver {
                         }
                     }
                     Ok(_) => self.drive(key),
+                    Err(e) if e.is_misbehaviour() => {
+                        tracing::info!(peer = %key.0, "sync peer broke the protocol, session ended: {e}");
+                        self.sessions.remove(&key);
+                        self.penalise(key.0, "broke the sync protocol");
+                        self.start_queued();
+                    }
                     Err(e) => {
                         tracing::debug!(peer = %key.0, "sync: {e}");
                         self.drive(key);
@@ -1242,13 +1610,63 @@ impl Driver {
         }
     }
 
+    /// The records of a sync answer that fit the serving peer's and each
+    /// author's sync budget, in order, and whether any did not.
+    fn within_sync_budget(
+        &mut self,
+        peer: PeerId,
+        records: Vec<UnverifiedRecord>,
+    ) -> (Vec<UnverifiedRecord>, bool) {
+        let now = Instant::now();
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let author = r.record().author;
+            if !self.sync_peer_limit.allow(&peer, now)
+                || !self.sync_author_limit.allow(&author, now)
+            {
+                return (out, true);
+            }
+            out.push(r);
+        }
+        (out, false)
+    }
+
+    /// Counts a protocol violation by `peer` and lowers its gossipsub
+    /// application score, so a liar loses its mesh slots and, after a few,
+    /// is graylisted like a peer that gossips invalid records.
+    fn penalise(&mut self, peer: PeerId, why: &'static str) {
+        self.stats.sync_lies += 1;
+        if !self.offences.contains_key(&peer) && self.offences.len() >= MAX_TRACKED_OFFENDERS {
+            // Forget a peer that is no longer connected first.
+            let gone = self
+                .offences
+                .keys()
+                .find(|p| !self.peers.contains_key(p))
+                .copied();
+            match gone {
+                Some(p) => {
+                    self.offences.remove(&p);
+                }
+                None => return,
+            }
+        }
+        let n = self.offences.entry(peer).or_insert(0);
+        *n = n.saturating_add(1);
+        let score = -f64::from(*n) * SCORE_PER_OFFENCE;
+        tracing::debug!(%peer, offences = *n, score, why, "peer penalised");
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .set_application_score(&peer, score);
+    }
+
     fn answer(
         &mut self,
         peer: PeerId,
         request: SyncRequest,
         channel: ResponseChannel<SyncResponse>,
     ) {
-        if self.inbound_busy >= self.limits.max_inbound_syncs {
+        if !self.inbound.try_take(&peer) {
             self.stats.sync_refused_busy += 1;
             let _ = self.swarm.behaviour_mut().sync.send_response(
                 channel,
@@ -1259,7 +1677,6 @@ impl Driver {
             return;
         }
         tracing::trace!(%peer, "answering a sync request");
-        self.inbound_busy += 1;
         let store = self.store.clone();
         let cfg = self.reconcile.clone();
         let tx = self.internal_tx.clone();
@@ -1270,7 +1687,13 @@ impl Driver {
                     .unwrap_or_else(|e| SyncResponse::Refused {
                         reason: format!("internal error: {e}"),
                     });
-            let _ = tx.send(Internal::Answer { channel, response }).await;
+            let _ = tx
+                .send(Internal::Answer {
+                    peer,
+                    channel,
+                    response,
+                })
+                .await;
         });
     }
 }
@@ -1304,12 +1727,21 @@ fn answer_request(store: &Store, request: SyncRequest, cfg: &ReconcileConfig) ->
                 },
             }
         }
-        SyncRequest::Fetch { ids } => {
+        SyncRequest::Fetch { scope, ids } => {
             let n = ids.len().min(cfg.max_fetch_ids.max(1));
             match store.record_bytes(&ids[..n], cfg.max_fetch_response_bytes) {
+                // Only what belongs to the scope asked about: a fetch never
+                // reaches records of other rooms by their ids.
                 Ok(found) => SyncResponse::Records {
                     served: found.len() as u32,
-                    records: found.into_iter().flatten().collect(),
+                    records: found
+                        .into_iter()
+                        .flatten()
+                        .filter(|bytes| {
+                            UnverifiedRecord::decode(bytes)
+                                .is_ok_and(|u| scope_of(u.record()) == scope)
+                        })
+                        .collect(),
                 },
                 Err(e) => SyncResponse::Refused {
                     reason: format!("store failure: {e}"),
@@ -1401,10 +1833,11 @@ fn apply_jobs(store: &Store, jobs: Vec<WriteJob>) -> Vec<Internal> {
             WriteJob::Sync { key, records: raw } => {
                 let mut refused = 0u64;
                 let mut decoded = Vec::with_capacity(raw.len());
-                for bytes in raw {
-                    match UnverifiedRecord::decode(&bytes) {
-                        Ok(u) if scope_of(u.record()) == key.1 => decoded.push(u),
-                        _ => refused += 1,
+                for u in raw {
+                    if scope_of(u.record()) == key.1 {
+                        decoded.push(u);
+                    } else {
+                        refused += 1;
                     }
                 }
                 let start = records.len();

@@ -1,4 +1,4 @@
-//! Wire format of the catch-up sync protocol (`/tincan/sync/1`).
+//! Wire format of the catch-up sync protocol (`/tincan/sync/2`).
 //!
 //! One stream per request, as libp2p's request-response gives it: the
 //! requester writes `length (u32, big-endian) | postcard(SyncRequest)`, the
@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use tincan_core::{RecordId, RoomId};
 
 /// The protocol name on the wire.
-pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/tincan/sync/1");
+/// Version 2: fetches name their scope, and a responder serves only records
+/// in it.
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/tincan/sync/2");
 /// Largest request accepted, in bytes.
 pub const MAX_REQUEST_BYTES: usize = 512 * 1024;
 /// Largest response accepted, in bytes (a fetch response carries whole records).
@@ -98,8 +100,11 @@ pub enum SyncRequest {
         /// The ranges, covering the whole item space.
         ranges: Vec<Range>,
     },
-    /// Send me these records (wire bytes), in this order.
+    /// Send me these records (wire bytes), in this order: only those in
+    /// `scope` are served.
     Fetch {
+        /// The set the ids were found missing in.
+        scope: Scope,
         /// The ids, at most [`crate::reconcile::ReconcileConfig::max_fetch_ids`].
         ids: Vec<RecordId>,
     },

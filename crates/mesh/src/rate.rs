@@ -141,3 +141,76 @@ mod tests {
         assert!(r.is_empty());
     }
 }
+
+/// Slots for answering inbound sync requests, shared fairly: at most
+/// `total` at once, and at most `per_peer` of them for any one peer, so one
+/// peer flooding requests leaves slots for the others. At a limit a request
+/// is refused (the peer is told "busy" and tries later), never queued.
+#[derive(Debug)]
+pub struct FairSlots<K> {
+    total: usize,
+    per_peer: usize,
+    busy: usize,
+    by_peer: HashMap<K, usize>,
+}
+
+impl<K: Eq + Hash + Clone> FairSlots<K> {
+    /// `total` slots, `per_peer` of them at most for one key (both at least 1).
+    pub fn new(total: usize, per_peer: usize) -> Self {
+        FairSlots {
+            total: total.max(1),
+            per_peer: per_peer.clamp(1, total.max(1)),
+            busy: 0,
+            by_peer: HashMap::new(),
+        }
+    }
+
+    /// Takes a slot for `peer`, or says no. The table holds only peers with
+    /// a slot taken, so it is bounded by `total`.
+    pub fn try_take(&mut self, peer: &K) -> bool {
+        let mine = self.by_peer.get(peer).copied().unwrap_or(0);
+        if self.busy >= self.total || mine >= self.per_peer {
+            return false;
+        }
+        self.busy += 1;
+        *self.by_peer.entry(peer.clone()).or_insert(0) += 1;
+        true
+    }
+
+    /// Gives back a slot `peer` took.
+    pub fn release(&mut self, peer: &K) {
+        if let Some(n) = self.by_peer.get_mut(peer) {
+            *n -= 1;
+            self.busy = self.busy.saturating_sub(1);
+            if *n == 0 {
+                self.by_peer.remove(peer);
+            }
+        }
+    }
+
+    /// Slots taken now.
+    pub fn busy(&self) -> usize {
+        self.busy
+    }
+}
+
+#[cfg(test)]
+mod fair_tests {
+    use super::*;
+
+    #[test]
+    fn a_flooding_peer_leaves_slots_for_the_others() {
+        let mut slots = FairSlots::new(16, 8);
+        let taken = (0..100).filter(|_| slots.try_take(&"flooder")).count();
+        assert_eq!(taken, 8);
+        for _ in 0..8 {
+            assert!(slots.try_take(&"honest"));
+        }
+        assert!(!slots.try_take(&"third"), "all 16 are busy");
+        slots.release(&"flooder");
+        assert!(slots.try_take(&"third"));
+        // Releasing what was never taken changes nothing.
+        slots.release(&"nobody");
+        assert_eq!(slots.busy(), 16);
+    }
+}

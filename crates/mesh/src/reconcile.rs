@@ -115,6 +115,24 @@ pub enum ReconcileError {
     /// The peer refused.
     #[error("the peer refused to sync: {0}")]
     Refused(String),
+    /// A fetch answer carried a record whose id was not asked for (or one
+    /// asked for twice): sync is pull-only, so the peer is faulty or hostile.
+    #[error("the peer answered a fetch with records nobody asked for; the answer is dropped")]
+    Unrequested,
+}
+
+impl ReconcileError {
+    /// Whether the error shows the peer broke the protocol (as opposed to
+    /// being busy, refusing, or a large difference taking many rounds): the
+    /// caller ends the session and lowers the peer's score.
+    pub fn is_misbehaviour(&self) -> bool {
+        matches!(
+            self,
+            ReconcileError::Malformed(_)
+                | ReconcileError::UnexpectedResponse
+                | ReconcileError::Unrequested
+        )
+    }
 }
 
 /// The digest of a run of items.
@@ -466,7 +484,10 @@ impl Session {
                 let ids: Vec<RecordId> = self.fetch.drain(..n).collect();
                 self.stats.fetches += 1;
                 self.phase = Phase::AwaitFetch(ids.clone());
-                Some(SyncRequest::Fetch { ids })
+                Some(SyncRequest::Fetch {
+                    scope: self.scope,
+                    ids,
+                })
             }
             other => {
                 self.phase = other;
@@ -476,13 +497,19 @@ impl Session {
     }
 
     /// Takes the answer to the request in flight. Returns the records
-    /// received (wire bytes, not yet verified: the caller verifies and
-    /// applies them). On error the session ends, after fetching whatever it
-    /// had found missing so far where the error allows.
-    pub fn handle_response(
+    /// received, each as `decode` makes it from its wire bytes (not yet
+    /// verified: the caller verifies and applies them). `decode` gives a
+    /// record's id and its decoded form, or `None` for bytes that are no
+    /// record. A fetch answer must hold only records whose ids were asked
+    /// for, each once; anything else drops the whole answer and ends the
+    /// session with [`ReconcileError::Unrequested`] (sync is pull-only). On
+    /// error the session ends, after fetching whatever it had found missing
+    /// so far where the error allows.
+    pub fn handle_response<R>(
         &mut self,
         response: SyncResponse,
-    ) -> Result<Vec<Vec<u8>>, ReconcileError> {
+        mut decode: impl FnMut(Vec<u8>) -> Option<(RecordId, R)>,
+    ) -> Result<Vec<R>, ReconcileError> {
         let phase = std::mem::replace(&mut self.phase, Phase::Done);
         match (phase, response) {
             (Phase::AwaitReconcile, SyncResponse::Reconcile { ranges }) => {
@@ -514,13 +541,30 @@ impl Session {
                     self.fetch.clear();
                     return Err(self.fail(ReconcileError::Malformed("fetch answer out of bounds")));
                 }
+                let mut asked: std::collections::HashSet<RecordId> =
+                    ids[..served].iter().copied().collect();
+                let mut out = Vec::with_capacity(records.len());
+                for bytes in records {
+                    let Some((id, record)) = decode(bytes) else {
+                        self.fetch.clear();
+                        return Err(
+                            self.fail(ReconcileError::Malformed("a record that does not decode"))
+                        );
+                    };
+                    // Removing it also catches a record served twice.
+                    if !asked.remove(&id) {
+                        self.fetch.clear();
+                        return Err(self.fail(ReconcileError::Unrequested));
+                    }
+                    out.push(record);
+                }
                 // Ids not covered go to the front of the queue, in order.
                 for id in ids[served..].iter().rev() {
                     self.fetch.push_front(*id);
                 }
-                self.stats.records += records.len();
+                self.stats.records += out.len();
                 self.phase = Phase::Fetch;
-                Ok(records)
+                Ok(out)
             }
             (Phase::AwaitReconcile, SyncResponse::Refused { reason }) => {
                 Err(self.end_reconcile_with(ReconcileError::Refused(reason)))
@@ -604,6 +648,12 @@ mod tests {
         }
     }
 
+    /// Feeds a response to a session whose records are, in these tests,
+    /// their own ids.
+    fn respond_to(s: &mut Session, r: SyncResponse) -> Result<Vec<Vec<u8>>, ReconcileError> {
+        s.handle_response(r, |b| Some((RecordId(b.clone().try_into().ok()?), b)))
+    }
+
     /// The record bytes of an item, in this test: its id.
     fn bytes_of(id: &RecordId) -> Vec<u8> {
         id.0.to_vec()
@@ -628,11 +678,11 @@ mod tests {
                 SyncRequest::Reconcile { ranges, .. } => SyncResponse::Reconcile {
                     ranges: respond(&theirs, &ranges, cfg).unwrap(),
                 },
-                SyncRequest::Fetch { ids } => {
+                SyncRequest::Fetch { ids, .. } => {
                     answer_fetch(&ids, |id| by_id.get(id).map(|i| bytes_of(&i.id)), cfg)
                 }
             };
-            if let Ok(records) = s.handle_response(resp) {
+            if let Ok(records) = respond_to(&mut s, resp) {
                 for r in records {
                     let id = RecordId(r.try_into().unwrap());
                     order.push(id);
@@ -757,20 +807,65 @@ mod tests {
         let Some(SyncRequest::Reconcile { ranges, .. }) = s.poll_request() else {
             panic!("first request reconciles")
         };
-        s.handle_response(SyncResponse::Reconcile {
-            ranges: respond(&theirs, &ranges, &cfg).unwrap(),
-        })
+        respond_to(
+            &mut s,
+            SyncResponse::Reconcile {
+                ranges: respond(&theirs, &ranges, &cfg).unwrap(),
+            },
+        )
         .unwrap();
         assert!(matches!(s.poll_request(), Some(SyncRequest::Fetch { .. })));
-        let err = s
-            .handle_response(SyncResponse::Records {
+        let err = respond_to(
+            &mut s,
+            SyncResponse::Records {
                 served: 0,
                 records: vec![],
-            })
-            .unwrap_err();
+            },
+        )
+        .unwrap_err();
         assert!(matches!(err, ReconcileError::Malformed(_)));
         assert!(s.is_done());
         assert!(s.poll_request().is_none());
+    }
+
+    #[test]
+    fn records_nobody_asked_for_drop_the_answer_and_end_the_session() {
+        let b: BTreeSet<_> = (0..10).map(item).collect();
+        let theirs: Vec<_> = b.iter().copied().collect();
+        let cfg = ReconcileConfig::default();
+        for lie in [
+            // One record asked for, then one that was not.
+            vec![theirs[0].id, item(99).id],
+            // The same record twice.
+            vec![theirs[0].id, theirs[0].id],
+        ] {
+            let mut s = Session::new(Scope::Profiles, Vec::new(), &cfg);
+            let Some(SyncRequest::Reconcile { ranges, .. }) = s.poll_request() else {
+                panic!("first request reconciles")
+            };
+            respond_to(
+                &mut s,
+                SyncResponse::Reconcile {
+                    ranges: respond(&theirs, &ranges, &cfg).unwrap(),
+                },
+            )
+            .unwrap();
+            let Some(SyncRequest::Fetch { ids, .. }) = s.poll_request() else {
+                panic!("then it fetches")
+            };
+            let err = respond_to(
+                &mut s,
+                SyncResponse::Records {
+                    served: ids.len() as u32,
+                    records: lie.iter().map(bytes_of).collect(),
+                },
+            )
+            .unwrap_err();
+            assert_eq!(err, ReconcileError::Unrequested);
+            assert!(err.is_misbehaviour());
+            assert!(s.is_done());
+            assert!(s.poll_request().is_none());
+        }
     }
 
     fn arb_item() -> impl Strategy<Value = SyncItem> {
@@ -816,10 +911,10 @@ mod tests {
             for m in msgs {
                 match s.poll_request() {
                     Some(SyncRequest::Reconcile { .. }) => {
-                        let _ = s.handle_response(SyncResponse::Reconcile { ranges: m });
+                        let _ = respond_to(&mut s, SyncResponse::Reconcile { ranges: m });
                     }
-                    Some(SyncRequest::Fetch { ids }) => {
-                        let _ = s.handle_response(SyncResponse::Records {
+                    Some(SyncRequest::Fetch { ids, .. }) => {
+                        let _ = respond_to(&mut s, SyncResponse::Records {
                             served: ids.len() as u32,
                             records: vec![],
                         });
@@ -829,8 +924,8 @@ mod tests {
             }
             for _ in 0..10_000 {
                 match s.poll_request() {
-                    Some(SyncRequest::Fetch { ids }) => {
-                        let _ = s.handle_response(SyncResponse::Records {
+                    Some(SyncRequest::Fetch { ids, .. }) => {
+                        let _ = respond_to(&mut s, SyncResponse::Records {
                             served: ids.len() as u32,
                             records: vec![],
                         });

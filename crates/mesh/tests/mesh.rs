@@ -742,6 +742,7 @@ async fn a_bad_sync_peer_gets_bounded_answers_and_changes_nothing() {
         },
         // More ids than a fetch may carry, most unknown.
         SyncRequest::Fetch {
+            scope: Scope::Room(room),
             ids: ids
                 .iter()
                 .copied()
@@ -1165,7 +1166,7 @@ async fn records_served_by_a_lying_sync_peer_are_refused() {
                         mode: RangeMode::IdList(lies.iter().map(|(i, _)| *i).collect()),
                     }],
                 },
-                SyncRequest::Fetch { ids } => {
+                SyncRequest::Fetch { ids, .. } => {
                     let records: Vec<Vec<u8>> = ids
                         .iter()
                         .filter_map(|id| lies.iter().find(|(i, _)| i.id == *id))
