@@ -144,7 +144,8 @@ impl Drop for RunningNode {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        if std::thread::panicking() {
+        // TINCAN_TEST_DUMP=1 prints every node's log, failing or not.
+        if std::thread::panicking() || std::env::var_os("TINCAN_TEST_DUMP").is_some() {
             self.log.extend(self.lines.try_iter());
             eprintln!(
                 "--- stderr of tincan (pid {}) ---\n{}",

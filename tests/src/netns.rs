@@ -170,12 +170,18 @@ pub fn two_homes(prefix: &str, symmetric_b: bool) -> Namespaces {
 /// Starts tincan-bootstrap (with its voice relay) in `ns` on `ip`; returns
 /// the process, its mesh address and its voice relay as `IP:PORT/PEERID`.
 pub fn start_bootstrap(dir: &Path, ns: &str, ip: &str) -> (Kill, String, String) {
+    start_bootstrap_with(dir, ns, ip, "")
+}
+
+/// [`start_bootstrap`] with more configuration (TOML tables, e.g.
+/// `[relay_limits]`) after the defaults.
+pub fn start_bootstrap_with(dir: &Path, ns: &str, ip: &str, more: &str) -> (Kill, String, String) {
     let config = dir.join("bootstrap.toml");
     std::fs::write(
         &config,
         format!(
             "key_file = {:?}\nlisten = [\"/ip4/{ip}/tcp/4001\", \"/ip4/{ip}/udp/4001/quic-v1\"]\n\
-             [voice_relay]\nlisten = \"{ip}:4434\"\n",
+             [voice_relay]\nlisten = \"{ip}:4434\"\n{more}",
             dir.join("boot.key").to_str().unwrap()
         ),
     )

@@ -178,7 +178,10 @@ fn behaviour(
         blocked: Default::default(),
         identify: identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
-                .with_agent_version(cfg.agent.clone()),
+                .with_agent_version(cfg.agent.clone())
+                // Tell peers at once when a relay circuit (or any new
+                // address) makes us reachable, not at the next periodic push.
+                .with_push_listen_addr_updates(true),
         ),
         ping: ping::Behaviour::new(ping::Config::new()),
         mdns: mdns.into(),

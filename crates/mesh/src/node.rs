@@ -522,6 +522,37 @@ fn is_loopback(addr: &Multiaddr) -> bool {
     })
 }
 
+/// Whether this node could dial `addr` of another host: public addresses
+/// and loopback (a dial there fails at once, and on loopback tests every
+/// node is here) yes; a private, link-local or unique-local address only
+/// when one of `ours` is on the same subnet (the same /24, or /64 for
+/// IPv6), which is how a LAN looks; other homes' private addresses lead
+/// nowhere from here.
+pub(crate) fn routable_from(addr: &Multiaddr, ours: &[std::net::IpAddr]) -> bool {
+    use std::net::IpAddr;
+    let ip = addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    });
+    let Some(ip) = ip else {
+        // DNS names and the like: let the dial decide.
+        return true;
+    };
+    let private = match ip {
+        IpAddr::V4(v4) => v4.is_private() || v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00 || v6.is_unicast_link_local(),
+    };
+    if !private {
+        return true;
+    }
+    ours.iter().any(|o| match (ip, o) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => a.octets()[..3] == b.octets()[..3],
+        (IpAddr::V6(a), IpAddr::V6(b)) => a.segments()[..4] == b.segments()[..4],
+        _ => false,
+    })
+}
+
 fn room_key(room: &RoomId) -> kad::RecordKey {
     kad::RecordKey::new(&room_topic(room).hash().as_str())
 }
@@ -544,8 +575,9 @@ fn scope_of(record: &tincan_core::Record) -> Scope {
 }
 
 struct PeerState {
-    /// Open connections: remote address and whether it is a relay circuit.
-    connections: HashMap<ConnectionId, (Multiaddr, bool)>,
+    /// Open connections: remote address, whether it is a relay circuit,
+    /// and when it opened.
+    connections: HashMap<ConnectionId, (Multiaddr, bool, Instant)>,
     rtt: Option<Duration>,
     agent: Option<String>,
     /// Whether it speaks our sync protocol (learnt from identify).
@@ -559,9 +591,37 @@ impl PeerState {
     /// The connection to show: a direct one if any (DCUtR upgraded the
     /// circuit), else a circuit; the newest of its kind.
     fn best(&self) -> Option<(&Multiaddr, bool)> {
-        let mut conns: Vec<(&ConnectionId, &(Multiaddr, bool))> = self.connections.iter().collect();
-        conns.sort_by_key(|(id, (_, relayed))| (!*relayed, **id));
-        conns.last().map(|(_, (a, r))| (a, *r))
+        let mut conns: Vec<(&ConnectionId, &(Multiaddr, bool, Instant))> =
+            self.connections.iter().collect();
+        conns.sort_by_key(|(id, (_, relayed, _))| (!*relayed, **id));
+        conns.last().map(|(_, (a, r, _))| (a, *r))
+    }
+
+    /// Connections that a better one has superseded for at least `grace`:
+    /// circuits once a direct connection is up, and older circuits once a
+    /// newer one is (a renewal). Closing them ourselves, gracefully, beats
+    /// having the relay cut them mid-message when their limit runs out.
+    fn superseded(&self, now: Instant, grace: Duration) -> Vec<ConnectionId> {
+        let settled = |t: &Instant| now.saturating_duration_since(*t) >= grace;
+        let direct = self
+            .connections
+            .values()
+            .any(|(_, relayed, t)| !relayed && settled(t));
+        let newest_circuit = self
+            .connections
+            .iter()
+            .filter(|(_, (_, relayed, _))| *relayed)
+            .max_by_key(|(id, (_, _, t))| (*t, **id))
+            .map(|(id, (_, _, t))| (*id, *t));
+        self.connections
+            .iter()
+            .filter(|(id, (_, relayed, _))| {
+                *relayed
+                    && (direct
+                        || newest_circuit.is_some_and(|(newest, t)| newest != **id && settled(&t)))
+            })
+            .map(|(id, _)| *id)
+            .collect()
     }
 }
 
@@ -632,6 +692,10 @@ const MAX_TRACKED_OFFENDERS: usize = 1024;
 /// `app_specific_weight` (10 by default): one violation puts a peer at
 /// -100, under the default graylist threshold of -80.
 const SCORE_PER_OFFENCE: f64 = 10.0;
+
+/// How long a better connection must have been up before the circuit it
+/// replaces is closed.
+const SUPERSEDED_GRACE: Duration = Duration::from_secs(2);
 
 /// How often the reach planner is asked what to do (its waits are whole
 /// seconds; the first tick is at once, so bootstrap peers are dialled at
@@ -973,10 +1037,10 @@ impl Driver {
                     syncs: false,
                     listen_addrs: Vec::new(),
                 });
-                let had_direct = state.connections.values().any(|(_, r)| !r);
+                let had_direct = state.connections.values().any(|(_, r, _)| !r);
                 state
                     .connections
-                    .insert(connection_id, (address.clone(), relayed));
+                    .insert(connection_id, (address.clone(), relayed, Instant::now()));
                 if !relayed && !had_direct && state.connections.len() > 1 {
                     tracing::info!(peer = %peer_id, %address, "direct connection to a peer reached through a relay");
                 }
@@ -1001,6 +1065,14 @@ impl Driver {
                     tracing::info!(peer = %peer_id, "lost the bootstrap node; dialling it again with backoff");
                 }
                 if num_established > 0 {
+                    // What gossip had queued on the closed connection may be
+                    // lost with it: catch up with the peer by sync now
+                    // rather than at the next periodic round.
+                    if self.peers.get(&peer_id).is_some_and(|p| p.syncs) {
+                        for scope in self.scopes() {
+                            self.request_sync(peer_id, scope);
+                        }
+                    }
                     return;
                 }
                 self.peers.remove(&peer_id);
@@ -1105,8 +1177,8 @@ impl Driver {
                             v.extend(
                                 p.connections
                                     .values()
-                                    .filter(|(a, r)| *r && is_circuit(a))
-                                    .map(|(a, _)| a.clone()),
+                                    .filter(|(a, r, _)| *r && is_circuit(a))
+                                    .map(|(a, _, _)| a.clone()),
                             );
                             v
                         })
@@ -1124,8 +1196,83 @@ impl Driver {
                         }
                     }
                 }
+                ReachAction::DialRoomPeer { peer, addrs } => {
+                    // Beside any dial already pending: one from the DHT may
+                    // wait for seconds on addresses that lead nowhere, and
+                    // this one holds only addresses that can work.
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addrs)
+                        .condition(PeerCondition::Disconnected)
+                        .build();
+                    match self.swarm.dial(opts) {
+                        Ok(()) => tracing::debug!(%peer, "dialling a lost room peer again"),
+                        Err(e) => {
+                            tracing::debug!(%peer, "cannot dial a lost room peer: {e}");
+                            self.reach.on_dial_failed(peer, now);
+                        }
+                    }
+                }
             }
         }
+        let stale: Vec<ConnectionId> = self
+            .peers
+            .values()
+            .flat_map(|p| p.superseded(now, SUPERSEDED_GRACE))
+            .collect();
+        for id in stale {
+            tracing::debug!(?id, "closing a circuit a better connection has replaced");
+            self.swarm.close_connection(id);
+        }
+    }
+
+    /// The IP addresses this node listens on (libp2p lists each interface's
+    /// for a wildcard listener).
+    fn own_ips(&self) -> Vec<std::net::IpAddr> {
+        self.swarm
+            .listeners()
+            .flat_map(|a| a.iter())
+            .filter_map(|p| match p {
+                Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+                Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Tells the reach planner about a peer that shares a followed room,
+    /// with the addresses it listens on (its loopback ones are no way to
+    /// it from another host).
+    fn note_room_peer(&mut self, peer: PeerId) {
+        let Some(p) = self.peers.get(&peer) else {
+            return;
+        };
+        // Where it can be reached again from here: its relay circuits (and
+        // a circuit through each relay we know: players of one community
+        // reserve on the same bootstrap nodes, and a relay without the
+        // peer's reservation says so at once), the addresses it listens on
+        // that we can route to, and the direct address we reached it at.
+        let ours = self.own_ips();
+        let mut addrs: Vec<Multiaddr> = p
+            .listen_addrs
+            .iter()
+            .filter(|a| is_circuit(a) || routable_from(a, &ours))
+            .cloned()
+            .collect();
+        for (a, relayed, _) in p.connections.values() {
+            if !relayed && !a.is_empty() && routable_from(a, &ours) && !addrs.contains(a) {
+                addrs.push(a.clone());
+            }
+        }
+        for relay in self.reach.relay_addrs() {
+            let circuit = relay
+                .clone()
+                .with(Protocol::P2pCircuit)
+                .with(Protocol::P2p(peer));
+            if !addrs.contains(&circuit) {
+                addrs.push(circuit);
+            }
+        }
+        self.reach.on_room_peer(peer, addrs, true);
     }
 
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
@@ -1136,6 +1283,9 @@ impl Driver {
                 message,
             }) => self.on_gossip(propagation_source, message_id, message),
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic, .. }) => {
+                if matches!(self.topics.get(&topic), Some(Scope::Room(_))) {
+                    self.note_room_peer(peer_id);
+                }
                 if let Some(scope) = self.topics.get(&topic).copied()
                     && self.peers.get(&peer_id).is_some_and(|p| p.syncs)
                 {
@@ -1156,12 +1306,30 @@ impl Driver {
                         .cloned()
                         .collect();
                 }
+                let shares_a_room = {
+                    let g = &self.swarm.behaviour().gossipsub;
+                    g.all_peers().any(|(p, topics)| {
+                        *p == peer_id
+                            && topics
+                                .iter()
+                                .any(|t| matches!(self.topics.get(t), Some(Scope::Room(_))))
+                    })
+                };
+                if shares_a_room {
+                    self.note_room_peer(peer_id);
+                }
                 if info.protocols.contains(&KAD_PROTOCOL) {
+                    // Only addresses another host could dial: a peer's
+                    // private addresses on a network we are not on make
+                    // every dial from the DHT wait for their timeout.
+                    let ours = self.own_ips();
                     for addr in &info.listen_addrs {
-                        self.swarm
-                            .behaviour_mut()
-                            .kademlia
-                            .add_address(&peer_id, addr.clone());
+                        if is_circuit(addr) || routable_from(addr, &ours) {
+                            self.swarm
+                                .behaviour_mut()
+                                .kademlia
+                                .add_address(&peer_id, addr.clone());
+                        }
                     }
                 }
                 let first = match self.peers.get_mut(&peer_id) {

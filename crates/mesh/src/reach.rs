@@ -14,6 +14,12 @@
 //!   reservation dialled while another dial to the same peer is pending is
 //!   dropped by libp2p's relay client, silently), and asked again, with
 //!   backoff, when its listener closes (the relay restarted or refused).
+//! - **Room peers** (peers that share a followed room) that the node loses
+//!   are dialled again with backoff for [`ReachConfig::keep_trying`], at the
+//!   addresses they last announced (their relay circuits among them): a
+//!   bootstrap node that restarts takes every circuit with it, and the DHT
+//!   it held is empty until nodes announce again, so waiting on the DHT
+//!   would leave two players behind NATs apart for a long while.
 //! - **Circuits** end when the relay's limit runs out (two minutes by
 //!   libp2p's default). A peer reached only through circuits gets a fresh
 //!   circuit at [`ReachConfig::circuit_refresh_at`] of the old one's life,
@@ -41,6 +47,13 @@ pub struct ReachConfig {
     pub circuit_refresh_at: f64,
     /// How long a refresh may take before it is tried again.
     pub refresh_timeout: Duration,
+    /// How long a lost room peer is dialled again before it is given up.
+    pub keep_trying: Duration,
+    /// Longest wait between two dials of a lost room peer: they are cheap
+    /// (its relay answers at once while the peer is not there).
+    pub room_peer_backoff_max: Duration,
+    /// Room peers remembered for redialling at most.
+    pub max_room_peers: usize,
 }
 
 impl Default for ReachConfig {
@@ -51,6 +64,9 @@ impl Default for ReachConfig {
             circuit_lifetime: Duration::from_secs(120),
             circuit_refresh_at: 0.75,
             refresh_timeout: Duration::from_secs(10),
+            keep_trying: Duration::from_secs(600),
+            room_peer_backoff_max: Duration::from_secs(8),
+            max_room_peers: 64,
         }
     }
 }
@@ -77,6 +93,13 @@ pub enum ReachAction {
     RefreshCircuit {
         /// The peer.
         peer: PeerId,
+    },
+    /// Dial a lost room peer again at these addresses.
+    DialRoomPeer {
+        /// The peer.
+        peer: PeerId,
+        /// Where it last said it listens.
+        addrs: Vec<Multiaddr>,
     },
 }
 
@@ -150,9 +173,20 @@ struct Remote {
     refresh_asked: Option<Instant>,
 }
 
+#[derive(Clone, Debug)]
+struct RoomPeer {
+    addrs: Vec<Multiaddr>,
+    connected: bool,
+    dialing: bool,
+    /// Since when it has been lost (None while connected).
+    lost_since: Option<Instant>,
+    backoff: Backoff,
+}
+
 /// The reachability planner of one node.
 #[derive(Debug)]
 pub struct Reach {
+    room_peers: HashMap<PeerId, RoomPeer>,
     config: ReachConfig,
     public: bool,
     bootstraps: HashMap<PeerId, Bootstrap>,
@@ -192,6 +226,7 @@ impl Reach {
         max_remotes: usize,
     ) -> Self {
         let mut reach = Reach {
+            room_peers: HashMap::new(),
             public: false,
             bootstraps: HashMap::new(),
             relays: HashMap::new(),
@@ -251,6 +286,49 @@ impl Reach {
         self.bootstraps.contains_key(peer)
     }
 
+    /// `peer` shares a followed room with us; `addrs` are where it says it
+    /// listens (identify). Remembered (bounded) so that it is dialled again
+    /// when lost; a full table forgets a peer that is not connected.
+    pub fn on_room_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, connected: bool) {
+        if self.bootstraps.contains_key(&peer) {
+            return;
+        }
+        if !self.room_peers.contains_key(&peer)
+            && self.room_peers.len() >= self.config.max_room_peers
+        {
+            let Some(gone) = self
+                .room_peers
+                .iter()
+                .filter(|(_, p)| !p.connected)
+                .map(|(k, _)| *k)
+                .next()
+            else {
+                return;
+            };
+            self.room_peers.remove(&gone);
+        }
+        let min = self.config.backoff_min;
+        let p = self.room_peers.entry(peer).or_insert(RoomPeer {
+            addrs: Vec::new(),
+            connected,
+            dialing: false,
+            lost_since: None,
+            backoff: Backoff::new(min),
+        });
+        if !addrs.is_empty() {
+            p.addrs = addrs;
+        }
+        if connected {
+            p.connected = true;
+            p.lost_since = None;
+        }
+    }
+
+    /// We no longer share a room with `peer`: it is not redialled.
+    pub fn forget_room_peer(&mut self, peer: &PeerId) {
+        self.room_peers.remove(peer);
+    }
+
     /// AutoNAT's verdict: confirmed public, or not (private or unknown).
     pub fn on_nat_status(&mut self, public: bool) {
         self.public = public;
@@ -270,6 +348,12 @@ impl Reach {
             b.connected = true;
             b.dialing = false;
             b.backoff.succeeded(min);
+        }
+        if let Some(p) = self.room_peers.get_mut(&peer) {
+            p.connected = true;
+            p.dialing = false;
+            p.lost_since = None;
+            p.backoff.succeeded(min);
         }
         if !relayed && let Some(r) = self.relays.get_mut(&peer) {
             r.connected = true;
@@ -303,6 +387,14 @@ impl Reach {
         }
         if remaining == 0 {
             self.remotes.remove(&peer);
+            if let Some(p) = self.room_peers.get_mut(&peer) {
+                p.connected = false;
+                p.dialing = false;
+                p.lost_since = Some(now);
+                // At once: the peer's other path (a fresh circuit, a direct
+                // address) may already be there.
+                p.backoff.succeeded(min);
+            }
             if let Some(b) = self.bootstraps.get_mut(&peer) {
                 b.connected = false;
                 b.dialing = false;
@@ -328,6 +420,12 @@ impl Reach {
     /// A dial to `peer` failed.
     pub fn on_dial_failed(&mut self, peer: PeerId, now: Instant) {
         let max = self.config.backoff_max;
+        if let Some(p) = self.room_peers.get_mut(&peer)
+            && !p.connected
+        {
+            p.dialing = false;
+            p.backoff.failed(now, self.config.room_peer_backoff_max);
+        }
         if let Some(b) = self.bootstraps.get_mut(&peer)
             && !b.connected
         {
@@ -380,6 +478,11 @@ impl Reach {
         }
     }
 
+    /// The relays the node knows (their addresses end in `/p2p/<relay>`).
+    pub fn relay_addrs(&self) -> impl Iterator<Item = &Multiaddr> {
+        self.relays.values().filter(|r| r.offers).map(|r| &r.addr)
+    }
+
     /// Whether a reservation on `relay` is held now.
     pub fn reserved_on(&self, relay: &PeerId) -> bool {
         self.relays
@@ -418,6 +521,27 @@ impl Reach {
                         addr: r.addr.clone(),
                     });
                 }
+            }
+        }
+        let mut lost: Vec<PeerId> = self.room_peers.keys().copied().collect();
+        lost.sort();
+        for peer in lost {
+            let Some(p) = self.room_peers.get_mut(&peer) else {
+                continue;
+            };
+            let Some(since) = p.lost_since else {
+                continue;
+            };
+            if now.saturating_duration_since(since) > self.config.keep_trying {
+                self.room_peers.remove(&peer);
+                continue;
+            }
+            if !p.connected && !p.dialing && !p.addrs.is_empty() && p.backoff.due(now) {
+                p.dialing = true;
+                out.push(ReachAction::DialRoomPeer {
+                    peer,
+                    addrs: p.addrs.clone(),
+                });
             }
         }
         let mut remotes: Vec<PeerId> = self.remotes.keys().copied().collect();
@@ -538,6 +662,36 @@ mod tests {
         // A direct connection (DCUtR) makes circuits irrelevant.
         r.on_connected(other, false, None, t0);
         assert!(r.poll(t0 + Duration::from_secs(600)).is_empty());
+    }
+
+    #[test]
+    fn a_lost_room_peer_is_redialled_with_backoff_then_given_up() {
+        let other = peer(2);
+        let t0 = Instant::now();
+        let mut r = Reach::new(ReachConfig::default(), &[], &[], 16);
+        let where_ = vec![circuit(peer(1), other)];
+        r.on_room_peer(other, where_.clone(), true);
+        r.on_connected(other, true, None, t0);
+        assert!(r.poll(t0).is_empty());
+        r.on_disconnected(other, true, 0, t0);
+        assert_eq!(
+            r.poll(t0),
+            vec![ReachAction::DialRoomPeer {
+                peer: other,
+                addrs: where_.clone()
+            }]
+        );
+        r.on_dial_failed(other, t0);
+        assert!(r.poll(t0 + Duration::from_millis(900)).is_empty());
+        assert_eq!(r.poll(t0 + Duration::from_secs(1)).len(), 1);
+        // Back: nothing more to do.
+        r.on_connected(other, true, None, t0 + Duration::from_secs(2));
+        assert!(r.poll(t0 + Duration::from_secs(3)).is_empty());
+        // Lost for longer than keep_trying: given up.
+        r.on_disconnected(other, true, 0, t0 + Duration::from_secs(3));
+        r.on_dial_failed(other, t0 + Duration::from_secs(3));
+        assert!(r.poll(t0 + Duration::from_secs(700)).is_empty());
+        assert!(r.poll(t0 + Duration::from_secs(800)).is_empty());
     }
 
     #[test]
