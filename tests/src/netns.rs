@@ -63,9 +63,8 @@ pub fn lossy(router: &str, probability: f64) {
 /// node `boot` at .1, and two homes: `a` (10.79.0.2) behind router `rta`
 /// (.253 outside) and `b` (10.78.0.2) behind `rtb` (.254 outside). Both
 /// routers masquerade; `symmetric_b` makes rtb pick a random port per
-/// destination (`MASQUERADE --random`), which defeats hole punching. rta
-/// forwards TCP 4001 to `a` (a port forward for the mesh only; UDP, and so
-/// voice, is never forwarded).
+/// destination (`MASQUERADE --random`), which defeats hole punching. No
+/// port forward anywhere: home routers have none.
 pub fn two_homes(prefix: &str, symmetric_b: bool) -> Namespaces {
     let ns = Namespaces::create(prefix, &["boot", "rta", "a", "rtb", "b", "sw"]);
     let [boot, rta, a, rtb, b, sw] = [0, 1, 2, 3, 4, 5].map(|i| ns.names[i].as_str());
@@ -118,31 +117,6 @@ pub fn two_homes(prefix: &str, symmetric_b: bool) -> Namespaces {
             rule.push("--random");
         }
         in_ns(rt, &rule);
-        if rt == rta {
-            // A port forward for the mesh (TCP 4001) to the home host; the
-            // voice socket (UDP) is not forwarded and stays behind the NAT.
-            let to = format!("{net}.2:4001");
-            in_ns(
-                rt,
-                &[
-                    "iptables",
-                    "-t",
-                    "nat",
-                    "-A",
-                    "PREROUTING",
-                    "-i",
-                    "eth0",
-                    "-p",
-                    "tcp",
-                    "--dport",
-                    "4001",
-                    "-j",
-                    "DNAT",
-                    "--to-destination",
-                    &to,
-                ],
-            );
-        }
         // Like any home router, nothing unsolicited from outside reaches the
         // router itself. (Without this, the first punch to arrive would
         // leave a conntrack entry on the router that makes MASQUERADE pick
@@ -213,15 +187,6 @@ pub fn run_json(t: &Tincan, ns: &str, args: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-/// `--bootstrap` arguments after the first in `args`, extended with the
-/// relay-circuit address of `through`'s node via that bootstrap node: how a
-/// node behind a NAT dials another one behind a NAT at once.
-pub fn circuit_to(args: &[&str], through: &Tincan) -> Option<String> {
-    let i = args.iter().position(|a| *a == "--bootstrap")?;
-    let id = through.json(&["id"])["node_id"].as_str()?.to_owned();
-    Some(format!("{}/p2p-circuit/p2p/{id}", args.get(i + 1)?))
 }
 
 /// A home network as the NAT matrix builds it: what stands between a

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tincan_audio::analysis::click_onsets;
 use tincan_audio::wav::{WavWriter, read_mono_48k};
-use tincan_tests::netns::{addr, circuit_to, run_json, start_bootstrap, two_homes, veth};
+use tincan_tests::netns::{addr, run_json, start_bootstrap, two_homes, veth};
 use tincan_tests::{Namespaces, RunningNode, Tincan, eventually, netns_unavailable, sh};
 
 const CLICK_EVERY: usize = 48_000 * 3 / 10; // 300 ms
@@ -96,11 +96,6 @@ fn measure(label: &str, ns: Option<(&str, &str)>, extra: &[&str]) {
     let a_mesh = a.mesh_addr();
     if ns.is_none() {
         b_args.extend(["--bootstrap", &a_mesh]);
-    }
-    // Behind NATs, bob also dials alice through the bootstrap node's relay.
-    let circuit = circuit_to(extra, &alice);
-    if let Some(c) = &circuit {
-        b_args.extend(["--bootstrap", c]);
     }
     let b = RunningNode::start_in(&bob, ns_b, &b_args);
     let in_a = |args: &[&str]| match ns_a {
@@ -261,15 +256,8 @@ fn relayed(label: &str, impair: bool) {
     let ns = two_homes(&format!("tr{}", std::process::id() % 10_000), true);
     let dir = tempfile::tempdir().unwrap();
     let (_boot, boot_addr, relay) = start_bootstrap(dir.path(), &ns.names[0], "10.77.2.1");
-    let mut extra = vec![
-        "--no-mdns",
-        "--bootstrap",
-        &boot_addr,
-        "--relay",
-        &boot_addr,
-        "--voice-relay",
-        &relay,
-    ];
+    // The README's player flags.
+    let mut extra = vec!["--bootstrap", &boot_addr, "--voice-relay", &relay];
     if impair {
         extra.extend(["--voice-impair", IMPAIR]);
     }

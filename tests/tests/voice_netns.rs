@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use tincan_tests::netns::{addr, circuit_to, lossy, run_json, start_bootstrap, two_homes, veth};
+use tincan_tests::netns::{addr, lossy, run_json, start_bootstrap, two_homes, veth};
 use tincan_tests::voice::{received_correlation, write_speech};
 use tincan_tests::{Namespaces, RunningNode, Tincan, eventually, netns_unavailable, sh};
 
@@ -22,7 +22,7 @@ const SPEECH_S: f32 = 10.0;
 /// Alice (in `ns_a`) speaks, Bob (in `ns_b`) listens; both start with
 /// `extra` flags. Returns the path each side's link to the other took, once
 /// the speech has played, after checking the recording by correlation.
-fn talk(label: &str, ns_a: &str, ns_b: &str, lan: bool, extra: &[&str], want_path: &str) {
+fn talk(label: &str, ns_a: &str, ns_b: &str, extra: &[&str], want_path: &str) {
     let dir = tempfile::tempdir().unwrap();
     let speech = dir.path().join("speech.wav");
     let heard = dir.path().join("heard.wav");
@@ -35,41 +35,12 @@ fn talk(label: &str, ns_a: &str, ns_b: &str, lan: bool, extra: &[&str], want_pat
     let output = format!("wav:{}", heard.display());
     let mut a_args = vec!["up", "--input", &input, "--output", "null"];
     let mut b_args = vec!["up", "--input", "null", "--output", &output];
-    if !lan {
-        a_args.push("--no-mdns");
-        b_args.push("--no-mdns");
-    }
     a_args.extend_from_slice(extra);
     b_args.extend_from_slice(extra);
-    if !lan {
-        // Alice's router forwards the mesh's TCP port 4001 to her (a port
-        // forward many players have): the control plane gets a direct path,
-        // while both voice sockets stay behind their NATs. The mesh between
-        // two nodes reachable only through a relay circuit is tested by the
-        // mesh suite; here it made voice tests wait on it.
-        a_args.extend([
-            "--listen",
-            "/ip4/0.0.0.0/tcp/4001",
-            "--external",
-            "/ip4/10.77.2.253/tcp/4001",
-        ]);
-    }
-    // On a LAN they find each other by mDNS; across NATs through the
-    // bootstrap node (in `extra`): by the DHT, and bob also dials alice
-    // through the bootstrap node's relay at once, so that this test of
-    // voice does not wait on the DHT.
+    // Exactly the flags the README gives players (in `extra`), and WAV
+    // devices: on a LAN they find each other by mDNS, across NATs through
+    // the bootstrap node (the DHT, and its relay until DCUtR punches).
     let a = RunningNode::start_in(&alice, Some(ns_a), &a_args);
-    let circuit = circuit_to(extra, &alice);
-    if let Some(c) = &circuit {
-        b_args.extend(["--bootstrap", c]);
-    }
-    let forwarded = (!lan).then(|| {
-        let alice_id = alice.json(&["id"])["node_id"].as_str().unwrap().to_owned();
-        format!("/ip4/10.77.2.253/tcp/4001/p2p/{alice_id}")
-    });
-    if let Some(f) = &forwarded {
-        b_args.extend(["--bootstrap", f]);
-    }
     let b = RunningNode::start_in(&bob, Some(ns_b), &b_args);
     let in_a = |args: &[&str]| run_json(&alice, ns_a, args);
     let in_b = |args: &[&str]| run_json(&bob, ns_b, args);
@@ -184,7 +155,7 @@ fn voice_on_a_lan() {
             "eth0",
         ]);
     }
-    talk("lan", a, b, true, &[], "lan");
+    talk("lan", a, b, &[], "lan");
 }
 
 fn across_nats(tag: &str, symmetric_b: bool, loss: Option<f64>, want_path: &str) {
@@ -196,21 +167,14 @@ fn across_nats(tag: &str, symmetric_b: bool, loss: Option<f64>, want_path: &str)
     }
     let dir = tempfile::tempdir().unwrap();
     let (_boot, boot_addr, voice_relay) = start_bootstrap(dir.path(), boot, "10.77.2.1");
-    let mut extra = vec![
-        "--bootstrap",
-        &boot_addr,
-        "--relay",
-        &boot_addr,
-        "--voice-relay",
-        &voice_relay,
-    ];
+    let mut extra = vec!["--bootstrap", &boot_addr, "--voice-relay", &voice_relay];
     if loss.is_some() {
         // This kernel has no netem: the routers drop packets (iptables,
         // above) and each voice socket delays what it sends by 20 ms ± 5 ms
         // (a seeded impairment under quinn; see crates/media/src/impair.rs).
         extra.extend(["--voice-impair", "delay=20ms,jitter=5ms"]);
     }
-    talk(tag, a, b, false, &extra, want_path);
+    talk(tag, a, b, &extra, want_path);
 }
 
 #[test]
