@@ -98,6 +98,12 @@ impl OwnKey {
         &self.secret
     }
 
+    /// Whether `sequence` may still be sealed under this key (no frame with
+    /// it or a later one was).
+    pub fn can_seal(&self, sequence: u32) -> bool {
+        self.last_sequence.is_none_or(|last| sequence > last)
+    }
+
     /// The frame key to seal `sequence` with, or None if a frame with that
     /// sequence or a later one was already sealed under this key (its nonce
     /// would repeat: the caller rotates the key first).
@@ -282,7 +288,9 @@ mod tests {
         let mut rng = KeyRng::new([1; 32]);
         let mut k = OwnKey::new(257, &mut rng);
         assert_eq!(k.key_id(), 1);
+        assert!(k.can_seal(5));
         assert!(k.seal_key(5).is_some());
+        assert!(!k.can_seal(5));
         assert!(k.seal_key(5).is_none(), "a repeated nonce");
         assert!(k.seal_key(4).is_none());
         assert!(k.seal_key(6).is_some());

@@ -1165,7 +1165,7 @@ impl VoiceSession {
         if self.links.is_empty() && relay_speaker.is_none() {
             return;
         }
-        if self.own_key.seal_key(packet.sequence).is_none() {
+        if !self.own_key.can_seal(packet.sequence) {
             // The sequence went back (an encoder restarted): a nonce would
             // repeat under this key, so draw a new one first.
             self.rotate();
