@@ -17,8 +17,8 @@ const OPUS_10MS: usize = 60;
 
 fn frames(c: &mut Criterion) {
     let key = FrameKey::derive(&[7; 32], 1);
-    let payload = vec![0x42u8; OPUS_10MS];
-    let redundant = vec![0x24u8; OPUS_10MS];
+    let payload = [0x42u8; OPUS_10MS];
+    let redundant = [0x24u8; OPUS_10MS];
     for (name, redundant) in [("10ms", None), ("10ms+redundant", Some(&redundant[..]))] {
         let frame = PlainFrame {
             sequence: 1,

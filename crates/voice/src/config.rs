@@ -12,7 +12,9 @@ pub struct SessionConfig {
     /// session holds in its planner and participant list (64, the relay's
     /// group size: a larger channel is not a voice chat anyone follows).
     pub planner: PlannerConfig,
-    /// Total punch packets a second across all peers. 40: a peer waiting
+    /// Total packets a second we send to peers' candidate addresses, across
+    /// all peers: punch packets, and one per address a dial tries (a QUIC
+    /// Initial). 40: a peer waiting
     /// for our punches gets a burst every 250 ms to its usable candidates,
     /// usually two (host and reflexive), so 8 packets a second; 40 lets five
     /// peers punch at full pace at once and more at a slower one. At about
@@ -22,6 +24,9 @@ pub struct SessionConfig {
     pub punch_budget_per_second: u64,
     /// Punch packets that may go out at once above that rate.
     pub punch_burst: u64,
+    /// Most candidate addresses one dial tries at once (4: a host, a
+    /// reflexive and two spares; a presence may list 8).
+    pub max_dial_addrs: usize,
     /// Early presences (answers to newcomers) a second, sustained: 2.
     /// Each newcomer learns our addresses at once; a flood of them gets at
     /// most two extra presences a second from us, on top of the regular one.
@@ -68,6 +73,7 @@ impl Default for SessionConfig {
             planner: PlannerConfig::default(),
             punch_budget_per_second: 40,
             punch_burst: 20,
+            max_dial_addrs: 4,
             answers_per_second: 2,
             answer_burst: 2,
             max_nodes_per_user: 2,

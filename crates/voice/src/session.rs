@@ -49,6 +49,12 @@ use crate::paths::{Action, Path, PathPlanner};
 use crate::policy::{SpeakingDetector, bitrate_for_loss, expected_loss_percent};
 use crate::protocol::{KeyShare, SENDER_KEY_LEN, SealedFrame, VoiceSignal, key_share_context};
 
+/// Most key shares held for nodes not admitted yet.
+const MAX_PENDING_SHARES: usize = 16;
+
+/// How long such a share is held.
+const PENDING_SHARE_TTL: Duration = Duration::from_secs(5);
+
 /// Where a datagram came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Source {
@@ -236,6 +242,9 @@ pub struct SessionStats {
     pub punches_sent: u64,
     /// Punch packets not sent: over the budget.
     pub punches_over_budget: u64,
+    /// Candidate addresses not dialled: over the budget (the dial waits
+    /// for the planner's redial delay if none was left).
+    pub dial_addrs_over_budget: u64,
     /// Presences published (regular, answers and changes).
     pub presences_published: u64,
     /// Key shares published.
@@ -346,6 +355,10 @@ pub struct VoiceSession {
     rng: KeyRng,
     own_key: OwnKey,
     keys: BTreeMap<PeerId, PeerKeys>,
+    /// Key shares from nodes not yet admitted (their presence may come
+    /// after their share): at most MAX_PENDING_SHARES, the newest per
+    /// node, for PENDING_SHARE_TTL; opened only once the node is admitted.
+    pending_shares: BTreeMap<PeerId, (KeyShare, Duration)>,
     rotate_due: bool,
     share_due: bool,
     last_share: Duration,
@@ -424,6 +437,7 @@ impl VoiceSession {
             rng,
             own_key,
             keys: BTreeMap::new(),
+            pending_shares: BTreeMap::new(),
             rotate_due: false,
             share_due: false,
             last_share: now,
@@ -723,6 +737,11 @@ impl VoiceSession {
         // The newcomer needs our key and our addresses, now.
         self.share_due = true;
         self.answer_pending = true;
+        if let Some((share, at)) = self.pending_shares.remove(&peer)
+            && now.saturating_sub(at) < PENDING_SHARE_TTL
+        {
+            self.on_key_share(peer, share, now);
+        }
         Ok(())
     }
 
@@ -751,9 +770,9 @@ impl VoiceSession {
         let admitted = match admitted {
             Ok(a) => a,
             Err(r) => {
-                if self.participants.contains_key(&from) {
-                    self.remove_peer(from, CloseReason::Refused(r));
-                }
+                // Ignored, and nothing else: a bad presence does not unseat
+                // a participant whose binding was verified before (the
+                // roster, pushed by the driver, is what removes members).
                 self.ignore(from, Ignored::Gate(r));
                 return;
             }
@@ -779,6 +798,21 @@ impl VoiceSession {
             return;
         }
         let Some(sender) = self.participants.get(&from).map(|p| p.binding.node) else {
+            // Perhaps its presence is still on the way: hold the share
+            // (bounded; the oldest goes first) until the node is admitted.
+            self.pending_shares
+                .retain(|_, (_, at)| now.saturating_sub(*at) < PENDING_SHARE_TTL);
+            if !self.pending_shares.contains_key(&from)
+                && self.pending_shares.len() >= MAX_PENDING_SHARES
+                && let Some(oldest) = self
+                    .pending_shares
+                    .iter()
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(p, _)| *p)
+            {
+                self.pending_shares.remove(&oldest);
+            }
+            self.pending_shares.insert(from, (share, now));
             self.ignore(from, Ignored::NotParticipant);
             return;
         };
@@ -1249,6 +1283,7 @@ impl VoiceSession {
         }
         self.planner.remove(&peer);
         self.keys.remove(&peer);
+        self.pending_shares.remove(&peer);
         self.loss.remove(&Source::Peer(peer));
         if let Some(p) = self.participants.remove(&peer) {
             let user = p.binding.user;
@@ -1378,9 +1413,29 @@ impl VoiceSession {
                         self.remove_peer(peer, CloseReason::Refused(r));
                         continue;
                     }
+                    // A dial sends a QUIC Initial to each address: it
+                    // spends the same budget as punches, and no more than
+                    // max_dial_addrs addresses are tried at once.
+                    let mut usable = Vec::with_capacity(addrs.len());
+                    for addr in addrs.into_iter().take(self.config.max_dial_addrs) {
+                        if self.punch_budget.try_take(now) {
+                            usable.push(addr);
+                        } else {
+                            self.stats.dial_addrs_over_budget += 1;
+                        }
+                    }
+                    if usable.is_empty() {
+                        // Tried again after the planner's redial delay.
+                        self.planner.on_disconnected(&peer, now);
+                        continue;
+                    }
                     self.dialing.insert(peer, now);
                     let hello = self.hello();
-                    self.push_event(Event::Dial { peer, addrs, hello });
+                    self.push_event(Event::Dial {
+                        peer,
+                        addrs: usable,
+                        hello,
+                    });
                 }
                 Action::Punch { peer: _, addrs } => {
                     for to in addrs {

@@ -161,7 +161,7 @@ fn a_kicked_member_is_dropped_at_once_and_cannot_open_what_follows() {
     let roster = c.roster_without(&kicked_user);
     c.push_roster(roster, &[0, 1]);
     let at = c.now();
-    for i in 0..2 {
+    for (i, generation) in generations.iter().enumerate().take(2) {
         assert!(
             !c.linked(i, kicked),
             "{i} still linked to the kicked node in the same step"
@@ -192,7 +192,7 @@ fn a_kicked_member_is_dropped_at_once_and_cannot_open_what_follows() {
         );
         assert_eq!(
             c.members[i].session.key_generation(),
-            generations[i] + 1,
+            generation + 1,
             "{i} did not rotate its key"
         );
     }

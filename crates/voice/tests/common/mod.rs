@@ -143,9 +143,13 @@ pub struct Member {
     /// Every voice packet delivered to the audio engine: (user, sequence,
     /// payload).
     pub delivered: Vec<(UserId, u32, Vec<u8>)>,
+    /// Every packet this member's encoder made, by sequence.
+    pub sent: BTreeMap<u32, Vec<u8>>,
     /// Every event's kind, for the trace.
     pub closes: Vec<(Duration, PeerId)>,
     pub dials: Vec<(Duration, PeerId)>,
+    /// Every address a dial tried.
+    pub dial_addrs: Vec<(Duration, SocketAddr)>,
     pub relay_joins: u64,
 }
 
@@ -177,6 +181,10 @@ pub fn ground_key(seed: u8, low: bool, others: &[PeerId]) -> ([u8; 32], PeerId) 
     panic!("no key in 100000 tries sorts where asked");
 }
 
+/// What a hostile relay does to each datagram it forwards: the datagrams
+/// it sends instead.
+pub type RelayFilter = Box<dyn FnMut(Duration, &[u8]) -> Vec<Vec<u8>>>;
+
 pub struct Channel {
     pub clock: VirtualClock,
     pub net: Network<SocketAddr, Wire>,
@@ -200,7 +208,7 @@ pub struct Channel {
     pub punches: Vec<(Duration, usize, SocketAddr)>,
     /// A hook on every datagram the relay forwards: may change, drop or
     /// add datagrams (a hostile relay).
-    pub relay_filter: Option<Box<dyn FnMut(Duration, &[u8]) -> Vec<Vec<u8>>>>,
+    pub relay_filter: Option<RelayFilter>,
     /// Extra datagrams the relay sends to every member at a time.
     pub relay_inject: Vec<(Duration, Vec<u8>)>,
     /// Signals injected into sessions: (when, to member, from, bytes).
@@ -209,6 +217,9 @@ pub struct Channel {
     last_loss: BTreeMap<(usize, Source), (u64, u64)>,
     next_loss: Duration,
     pub seed: u64,
+    /// Members that stopped (killed, unplugged): they get no input and
+    /// send nothing.
+    pub frozen: BTreeSet<usize>,
 }
 
 pub fn mesh_link() -> LinkConfig {
@@ -281,6 +292,7 @@ impl Channel {
             last_loss: BTreeMap::new(),
             next_loss: ms(1000),
             seed,
+            frozen: BTreeSet::new(),
         };
         for (i, user) in users.into_iter().enumerate() {
             mesh.add_node(i);
@@ -325,8 +337,10 @@ impl Channel {
             next_frame: 0,
             heard: BTreeMap::new(),
             delivered: Vec::new(),
+            sent: BTreeMap::new(),
             closes: Vec::new(),
             dials: Vec::new(),
+            dial_addrs: Vec::new(),
             relay_joins: 0,
         });
     }
@@ -370,6 +384,9 @@ impl Channel {
         loop {
             let mut any = false;
             for i in 0..self.members.len() {
+                if self.frozen.contains(&i) {
+                    continue;
+                }
                 while let Some(t) = self.members[i].session.poll_transmit() {
                     any = true;
                     self.transmit(i, t);
@@ -424,6 +441,9 @@ impl Channel {
             Event::Dial { peer, addrs, hello } => {
                 self.log(format!("{name} dials {peer} at {addrs:?}"));
                 self.members[i].dials.push((now, peer));
+                self.members[i]
+                    .dial_addrs
+                    .extend(addrs.iter().map(|a| (now, *a)));
                 // TLS proves the peer at the address: the first open
                 // address of a node with that PeerId carries the hello;
                 // if none, the dial times out in the session.
@@ -523,6 +543,9 @@ impl Channel {
             return self.at_relay(from, wire);
         }
         let Some(j) = self.index_at(&to) else { return };
+        if self.frozen.contains(&j) {
+            return;
+        }
         match wire {
             Wire::Datagram { from: p, bytes } => {
                 if self.links.contains(&(j, p)) {
@@ -664,6 +687,9 @@ impl Channel {
 
     fn audio_tick(&mut self, now: Duration) {
         for i in 0..self.members.len() {
+            if self.frozen.contains(&i) {
+                continue;
+            }
             let Some(from) = self.members[i].speak_from else {
                 continue;
             };
@@ -679,6 +705,7 @@ impl Channel {
                 frame[..end - start].copy_from_slice(&m.speech[start..end]);
                 m.next_frame += 1;
                 if let Some(packet) = m.encoder.encode(&frame).expect("encodes") {
+                    m.sent.insert(packet.sequence, packet.payload.clone());
                     m.session.send_voice(&packet, false, now);
                 }
             }
@@ -756,6 +783,9 @@ impl Channel {
                 progressed = true;
             }
             while let Some(d) = self.mesh.poll(now) {
+                if self.frozen.contains(&d.to) {
+                    continue;
+                }
                 let from = self.members[d.from].peer;
                 self.members[d.to].session.handle_signal(from, &d.item, now);
                 self.drain();
@@ -821,7 +851,13 @@ impl Channel {
             ];
             deadlines.extend(self.injected.iter().map(|(t, ..)| Some(*t)));
             deadlines.extend(self.relay_inject.iter().map(|(t, _)| Some(*t)));
-            deadlines.extend(self.members.iter().map(|m| m.session.poll_timeout()));
+            deadlines.extend(
+                self.members
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !self.frozen.contains(i))
+                    .map(|(_, m)| m.session.poll_timeout()),
+            );
             if !self.clock.step(deadlines, end) {
                 self.clock.advance_to(end);
                 self.drain();
@@ -894,4 +930,54 @@ impl Channel {
         let frame = vec![0.1f32; m.encoder.frame_samples()];
         m.encoder.encode(&frame).expect("encodes")
     }
+}
+
+/// The bytes of a presence signal for `user` on `node`, in our channel.
+pub fn presence_signal(
+    user: &UserKey,
+    node: &NodeKey,
+    candidates: &[SocketAddr],
+    sent_ms: u64,
+) -> Vec<u8> {
+    let presence = tincan_media::presence::Presence {
+        binding: NodeBinding::new(user, node.id(), Hlc::new(1, 0)),
+        room: ROOM,
+        channel: Some(CHANNEL),
+        candidates: candidates
+            .iter()
+            .map(|a| tincan_media::presence::Candidate {
+                addr: *a,
+                kind: tincan_media::presence::CandidateKind::Host,
+            })
+            .collect(),
+        relayed: false,
+        sent_ms,
+    };
+    tincan_voice::protocol::VoiceSignal::Presence(presence)
+        .encode()
+        .expect("a presence fits")
+}
+
+/// The most punch packets one member sent in any one-second window, and
+/// the total, to addresses for which `pick` is true.
+pub fn punch_rate(
+    c: &Channel,
+    member: usize,
+    pick: impl Fn(&SocketAddr) -> bool,
+) -> (usize, usize) {
+    let times: Vec<Duration> = c
+        .punches
+        .iter()
+        .filter(|(_, i, to)| *i == member && pick(to))
+        .map(|(t, _, _)| *t)
+        .collect();
+    let mut worst = 0;
+    for (k, t) in times.iter().enumerate() {
+        let in_window = times[k..]
+            .iter()
+            .take_while(|u| **u < *t + ms(1000))
+            .count();
+        worst = worst.max(in_window);
+    }
+    (worst, times.len())
 }
