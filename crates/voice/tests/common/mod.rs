@@ -211,6 +211,8 @@ pub struct Channel {
     pub relay_filter: Option<RelayFilter>,
     /// Extra datagrams the relay sends to every member at a time.
     pub relay_inject: Vec<(Duration, Vec<u8>)>,
+    /// Every signal a member published: (member, when, bytes).
+    pub published: Vec<(usize, Duration, Vec<u8>)>,
     /// Signals injected into sessions: (when, to member, from, bytes).
     pub injected: Vec<(Duration, usize, PeerId, Vec<u8>)>,
     /// Loss fed to sessions each second, per (member, link).
@@ -289,6 +291,7 @@ impl Channel {
             relay_filter: None,
             relay_inject: Vec::new(),
             injected: Vec::new(),
+            published: Vec::new(),
             last_loss: BTreeMap::new(),
             next_loss: ms(1000),
             seed,
@@ -480,6 +483,7 @@ impl Channel {
                 self.relay_leave(from);
             }
             Event::Publish { signal } => {
+                self.published.push((i, now, signal.clone()));
                 for j in 0..self.members.len() {
                     if j != i {
                         self.mesh.send(i, j, signal.clone(), now);
