@@ -41,7 +41,7 @@ use tincan_media::protocol::set_speaker;
 
 use crate::candidates::{filter_candidates, host_addresses, is_private};
 use crate::config::SessionConfig;
-use crate::frame::{FrameError, PlainFrame, open_frame, seal_frame};
+use crate::frame::{PlainFrame, open_frame, seal_frame};
 use crate::gate::{AdmitRequest, Refusal, RosterSnapshot, admit, admit_user, peer_id_of};
 use crate::keys::{Installed, KeyRng, OwnKey, PeerKeys};
 use crate::pacer::Budget;
@@ -896,9 +896,14 @@ impl VoiceSession {
                 return Err(r.into());
             }
         };
-        if !self.participants.contains_key(&from) {
-            // A dialler we have not heard yet (its presence is on the way):
-            // it stands in the planner with no candidates until it comes.
+        let known = self
+            .participants
+            .get(&from)
+            .is_some_and(|p| p.binding.user == hello.binding.user);
+        if !known {
+            // A dialler we have not heard yet (its presence is on the way),
+            // or one that now speaks for another user: it stands in the
+            // planner with no candidates until its presence comes.
             let presence = Presence {
                 binding: hello.binding.clone(),
                 room: self.room,
@@ -934,7 +939,7 @@ impl VoiceSession {
         remote: SocketAddr,
         now: Duration,
     ) -> Result<(), LinkRefused> {
-        let outcome = self.accept_welcome(from, welcome, remote, now);
+        let outcome = self.accept_welcome(from, welcome, remote);
         self.flush(now);
         outcome
     }
@@ -944,7 +949,6 @@ impl VoiceSession {
         from: PeerId,
         welcome: &Welcome,
         remote: SocketAddr,
-        now: Duration,
     ) -> Result<(), LinkRefused> {
         if self.ended {
             return Err(LinkRefused::Ended);
@@ -966,7 +970,6 @@ impl VoiceSession {
             self.answer_pending = true;
         }
         self.link_up(from, user, remote);
-        let _ = now;
         Ok(())
     }
 
@@ -1161,9 +1164,8 @@ impl VoiceSession {
         match outcome {
             None => self.stats.dropped_no_key += 1,
             Some(Err(None)) => self.stats.dropped_replay += 1,
-            Some(Err(Some(FrameError::BadPlaintext | FrameError::BadTag | _))) => {
-                self.stats.dropped_bad_tag += 1
-            }
+            // A bad tag, or (from a key holder) a bad plaintext.
+            Some(Err(Some(_))) => self.stats.dropped_bad_tag += 1,
             Some(Ok(opened)) => {
                 self.stats.frames_received += 1;
                 let end_of_spurt = opened.end_of_spurt();

@@ -396,3 +396,54 @@ fn a_relay_that_alters_forges_replays_or_relabels_frames_gets_none_to_the_audio(
         .unwrap_or_default();
     assert!(VoiceDatagram::parse(&sample).is_err() || sample.is_empty());
 }
+
+#[test]
+fn a_node_the_roster_refuses_cannot_start_a_session() {
+    let c = Channel::new(95, 1, clean(), SessionConfig::default());
+    let stranger = UserKey::from_seed(&[66; 32]);
+    let node = NodeKey::from_seed(&[66; 32]);
+    let outcome = tincan_voice::VoiceSession::new(
+        SessionConfig::default(),
+        tincan_voice::SessionIdentity {
+            binding: NodeBinding::new(&stranger, node.id(), Hlc::new(1, 0)),
+            node_key: node,
+        },
+        c.roster.clone(),
+        tincan_voice::SocketInfo {
+            bound: "10.0.0.9:4433".parse().unwrap(),
+            interfaces: Vec::new(),
+        },
+        [0; 32],
+        ms(0),
+    );
+    assert!(matches!(
+        outcome,
+        Err(tincan_voice::LinkRefused::Gate(Refusal::NotMember))
+    ));
+}
+
+#[test]
+fn an_unasked_welcome_gives_no_link() {
+    let mut c = Channel::new(96, 2, clean(), SessionConfig::default());
+    let (seed, attacker) = ground_key(9, true, &[c.members[0].peer]);
+    let _ = seed;
+    let now = c.now();
+    let welcome = tincan_media::control::Welcome {
+        observed: "198.51.100.1:4433".parse().unwrap(),
+        speaker: 0,
+        speakers: Vec::new(),
+    };
+    // From a stranger, and from a member we are not dialling.
+    let member = c.members[1].peer;
+    for from in [attacker, member] {
+        let outcome = c.members[0].session.handle_welcome(
+            from,
+            &welcome,
+            "10.0.0.2:4433".parse().unwrap(),
+            now,
+        );
+        assert_eq!(outcome, Err(tincan_voice::LinkRefused::NotDialing));
+    }
+    assert_eq!(c.members[0].session.links().count(), 0);
+    c.run_until(ms(50));
+}
