@@ -5,7 +5,7 @@
 //!
 //! Pieces, and where their logic lives:
 //! - [`tincan_media::presence`]: what we gossip to say we are in a channel;
-//! - [`tincan_media::paths::PathPlanner`]: who dials, who punches, when the
+//! - [`tincan_voice::paths::PathPlanner`]: who dials, who punches, when the
 //!   relay is needed (sans-IO; this module only carries out its actions);
 //! - [`tincan_media::control`]: the handshake on each voice connection,
 //!   where the acceptor checks the dialler's user binding and membership;
@@ -34,7 +34,6 @@ use tincan_media::control::{
     Answer, Hello, MAX_CONTROL_MESSAGE, MAX_PROOF_RECORDS, Refused, Request, Welcome, read_message,
     write_message,
 };
-use tincan_media::paths::{Action as PathAction, Path, PathPlanner, PlannerConfig, is_private};
 use tincan_media::presence::{
     Candidate, CandidateKind, PRESENCE_INTERVAL, PRESENCE_TIMEOUT, Presence,
 };
@@ -44,6 +43,9 @@ use tincan_media::{
 };
 use tincan_mesh::{Mesh, PeerId};
 use tincan_store::Store;
+use tincan_voice::candidates::is_private;
+use tincan_voice::paths::{Action as PathAction, Path, PathPlanner, PlannerConfig};
+use tincan_voice::policy::bitrate_for_loss;
 
 /// The voice plane of the `tincan up` running in this process: the control
 /// endpoint's commands reach it here. One node runs per process.
@@ -497,7 +499,7 @@ impl Voice {
         }
         let engine = Arc::new(engine);
         let mut planner = PathPlanner::new(
-            self.shared.endpoint.peer_id().to_string(),
+            self.shared.endpoint.peer_id(),
             PlannerConfig {
                 max_direct_peers: self.shared.options.max_direct_peers,
                 ..PlannerConfig::default()
@@ -1030,9 +1032,7 @@ impl Voice {
             return;
         };
         let peer = conn.peer_id();
-        let path = s
-            .planner
-            .on_connected(&peer.to_string(), conn.remote_addr());
+        let path = s.planner.on_connected(&peer, conn.remote_addr());
         let counters = Arc::new(LinkCounters::default());
         let task = tokio::spawn(receive(
             conn.clone(),
@@ -1096,8 +1096,7 @@ impl Voice {
                     s.present.remove(&signal.from);
                     false
                 };
-                s.planner
-                    .on_presence(&signal.from.to_string(), presence, now);
+                s.planner.on_presence(&signal.from, presence, now);
                 newcomer
             };
             // Answer a newcomer at once rather than at our next round, so
@@ -1140,7 +1139,7 @@ impl Voice {
                         l.recv_task.abort();
                         tracing::info!(%peer, "voice link closed");
                     }
-                    s.planner.on_disconnected(&peer.to_string(), now);
+                    s.planner.on_disconnected(&peer, now);
                 }
                 if s.relay
                     .as_ref()
@@ -1162,11 +1161,9 @@ impl Voice {
                     s.relay_joining = true;
                 }
                 for a in &actions {
-                    if let PathAction::Forget { peer } = a
-                        && let Ok(peer) = peer.parse::<PeerId>()
-                    {
-                        s.present.remove(&peer);
-                        if let Some(l) = s.links.remove(&peer) {
+                    if let PathAction::Forget { peer } = a {
+                        s.present.remove(peer);
+                        if let Some(l) = s.links.remove(peer) {
                             l.recv_task.abort();
                             l.conn.close();
                         }
@@ -1180,7 +1177,7 @@ impl Voice {
                         let voice = self.clone();
                         tokio::spawn(async move { voice.dial(peer, addrs).await });
                     }
-                    PathAction::Punch { addrs } => {
+                    PathAction::Punch { addrs, .. } => {
                         for a in addrs {
                             let _ = self.shared.endpoint.punch(a);
                         }
@@ -1197,7 +1194,7 @@ impl Voice {
         }
     }
 
-    async fn dial(&self, peer: String, addrs: Vec<SocketAddr>) {
+    async fn dial(&self, peer: PeerId, addrs: Vec<SocketAddr>) {
         let result = self.dial_any(&peer, &addrs).await;
         if let Err(e) = result {
             tracing::debug!(%peer, "voice dial failed: {e:#}");
@@ -1210,10 +1207,8 @@ impl Voice {
 
     /// Dials every candidate at once and keeps the first connection whose
     /// handshake the peer welcomes.
-    async fn dial_any(&self, peer: &str, addrs: &[SocketAddr]) -> Result<()> {
-        let expected: PeerId = peer
-            .parse()
-            .map_err(|e| anyhow!("bad PeerId {peer}: {e}"))?;
+    async fn dial_any(&self, peer: &PeerId, addrs: &[SocketAddr]) -> Result<()> {
+        let expected: PeerId = *peer;
         let hello = {
             let guard = lock(&self.shared.session);
             let s = guard.as_ref().ok_or_else(|| anyhow!("left the channel"))?;
@@ -1366,18 +1361,6 @@ impl Voice {
             }
         }
         Err(last)
-    }
-}
-
-/// The encoder's bitrate for the worst loss among our links: the default
-/// 32 kbit/s while the paths are clean, less as they lose more.
-fn bitrate_for_loss(loss: f64) -> u32 {
-    if loss >= 0.10 {
-        16_000
-    } else if loss >= 0.05 {
-        24_000
-    } else {
-        32_000
     }
 }
 
@@ -1550,13 +1533,6 @@ mod tests {
         }
         assert!(j_steady < 100.0, "{j_steady} us");
         assert!((4_000.0..6_000.0).contains(&j_shaky), "{j_shaky} us");
-    }
-
-    #[test]
-    fn heavier_loss_means_a_lower_bitrate() {
-        assert_eq!(bitrate_for_loss(0.0), 32_000);
-        assert_eq!(bitrate_for_loss(0.06), 24_000);
-        assert_eq!(bitrate_for_loss(0.2), 16_000);
     }
 
     #[test]

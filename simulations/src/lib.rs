@@ -117,29 +117,8 @@ impl SimResult {
     }
 }
 
-/// SplitMix64: small, fast, seeded; good enough for a model.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p && p > 0.0
-    }
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, self.below(i as u64 + 1) as usize);
-        }
-    }
-}
+/// The workspace's one seeded generator (`tincan-netem`'s SplitMix64).
+type Rng = tincan_netem::SimRng;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
@@ -198,7 +177,7 @@ fn outside_mesh(node: &Node, rng: &mut Rng) -> Vec<usize> {
 /// Runs the model.
 pub fn run(cfg: &SimConfig) -> SimResult {
     let n = cfg.nodes.max(2);
-    let mut rng = Rng(cfg.seed);
+    let mut rng = Rng::new(cfg.seed);
     let mut nodes: Vec<Node> = (0..n)
         .map(|_| Node {
             peers: Vec::new(),

@@ -15,7 +15,7 @@ use std::time::Duration;
 use criterion::Criterion;
 use tincan_audio::codec::VoicePacket;
 use tincan_audio::jitter::{JitterBuffer, JitterConfig, Playout};
-use tincan_audio::netem::{Link, LinkConfig, LossModel};
+use tincan_netem::{Link, LinkConfig, LossModel};
 
 fn packet(sequence: u32) -> VoicePacket {
     VoicePacket {

@@ -9,8 +9,8 @@ use anyhow::Context as _;
 
 use crate::capture::GateMode;
 use crate::codec::{Bandwidth, FrameDuration, Redundancy};
-use crate::netem::LossModel;
 use crate::offline::OfflineConfig;
+use tincan_netem::LossModel;
 
 /// `tincan audio ...`
 #[derive(Debug, clap::Subcommand)]

@@ -18,7 +18,7 @@
 //!   report that goes back to [`codec::Encoder::set_expected_loss`].
 //!
 //! Protocol logic is sans-IO: the jitter buffer and the link emulator
-//! ([`netem`]) take the time as a parameter and draw randomness from a seed, so
+//! (the `tincan-netem` crate) take the time as a parameter and draw randomness from a seed, so
 //! [`offline::run`] can replay the whole chain deterministically, faster than real
 //! time.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -33,7 +33,6 @@ pub mod engine;
 pub mod error;
 pub mod jitter;
 pub mod mixer;
-pub mod netem;
 pub mod offline;
 pub mod receive;
 pub mod resample;

@@ -1,6 +1,6 @@
 //! The whole chain, offline and faster than real time: a WAV file is captured,
 //! gated, encoded, sent over an emulated lossy and jittery link
-//! ([`crate::netem`]), received by a jitter buffer, decoded with FEC and
+//! (`tincan-netem`), received by a jitter buffer, decoded with FEC and
 //! concealment, mixed, and written to a WAV file, all on a virtual clock.
 //! `tincan audio test` runs it; the PESQ script measures its output.
 //!
@@ -15,10 +15,10 @@ use crate::capture::{CaptureChain, CaptureConfig, GateMode};
 use crate::codec::{Encoder, EncoderConfig, VoicePacket};
 use crate::error::OfflineError;
 use crate::jitter::{JitterConfig, JitterStats};
-use crate::netem::{Link, LinkConfig, LinkStats, LossModel};
 use crate::receive::{LossReporter, ReceiveConfig, Receiver, WaitStats};
 use crate::wav::{WavWriter, read_mono_48k};
 use crate::{SAMPLE_RATE, TICK_SAMPLES};
+use tincan_netem::{Link, LinkConfig, LinkStats, LossModel};
 
 /// What the offline chain does.
 #[derive(Clone, Debug, PartialEq)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use tincan_audio::codec::VoicePacket;
 use tincan_audio::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
-use tincan_audio::netem::{Link, LinkConfig};
+use tincan_netem::{Link, LinkConfig};
 
 const FRAME: u32 = 480;
 const TICK: Duration = Duration::from_millis(10);
@@ -341,7 +341,7 @@ fn jitter_and_random_loss_mostly_recovered() {
         seed: 5,
         latency: Duration::from_millis(30),
         jitter: Duration::from_millis(20),
-        loss: tincan_audio::netem::LossModel::Random { probability: 0.05 },
+        loss: tincan_netem::LossModel::Random { probability: 0.05 },
         capacity: 10_000,
         ..LinkConfig::default()
     });

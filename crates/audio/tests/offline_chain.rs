@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use tincan_audio::capture::GateMode;
-use tincan_audio::netem::LossModel;
 use tincan_audio::offline::{OfflineConfig, run, run_samples};
 use tincan_audio::wav::{WavWriter, read_mono_48k};
+use tincan_netem::LossModel;
 
 /// Three seconds of syllables: a voiced tone under an envelope, with pauses.
 fn syllables() -> Vec<f32> {

@@ -4,9 +4,9 @@
 //!
 //! It wraps quinn's own socket behind quinn's [`quinn::AsyncUdpSocket`]
 //! trait, so the endpoint, TLS, congestion control and the OS socket are all
-//! the real ones; only the wire between them is made worse. Delays are
-//! drawn from a seeded generator: uniform in `delay ± jitter`, so packets
-//! may overtake one another, as on a real jittery path. Nothing is impaired
+//! the real ones; only the wire between them is made worse. Delays and losses
+//! come from `tincan-netem`'s seeded link model: uniform in `delay ± jitter`,
+//! so packets may overtake one another, as on a real jittery path. Nothing is impaired
 //! unless a node is started with `--voice-impair`.
 
 use std::fmt;
@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
+use tincan_netem::{Fate, LinkConfig, LinkModel, LossModel};
 
 /// How a link is made worse.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -90,25 +91,14 @@ impl std::str::FromStr for Impairment {
     }
 }
 
-/// xorshift64*: small, seeded, good enough to pick delays and losses.
-struct Rng(u64);
-
-impl Rng {
-    fn next_f64(&mut self) -> f64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// quinn's socket with an [`Impairment`] on what it sends.
+/// quinn's socket with an [`Impairment`] on what it sends: each packet's
+/// fate comes from `tincan-netem`'s link model, the one emulator of the
+/// workspace, so `--voice-impair` and the in-process tests draw delays and
+/// losses the same way.
 pub(crate) struct ImpairedSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     impairment: Impairment,
-    rng: Mutex<Rng>,
+    model: Mutex<LinkModel>,
 }
 
 impl fmt::Debug for ImpairedSocket {
@@ -119,32 +109,35 @@ impl fmt::Debug for ImpairedSocket {
     }
 }
 
-impl ImpairedSocket {
-    pub(crate) fn new(inner: Arc<dyn AsyncUdpSocket>, impairment: Impairment) -> Self {
-        ImpairedSocket {
-            inner,
-            rng: Mutex::new(Rng(impairment.seed.max(1))),
-            impairment,
+impl Impairment {
+    /// The link model that carries it out.
+    pub fn link_config(&self) -> LinkConfig {
+        LinkConfig {
+            seed: self.seed,
+            latency: self.delay,
+            jitter: self.jitter,
+            loss: if self.loss > 0.0 {
+                LossModel::Random {
+                    probability: self.loss,
+                }
+            } else {
+                LossModel::None
+            },
+            ..LinkConfig::default()
         }
     }
 }
 
-impl AsyncUdpSocket for ImpairedSocket {
-    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        self.inner.clone().create_io_poller()
+impl ImpairedSocket {
+    pub(crate) fn new(inner: Arc<dyn AsyncUdpSocket>, impairment: Impairment) -> Self {
+        ImpairedSocket {
+            inner,
+            model: Mutex::new(LinkModel::new(impairment.link_config())),
+            impairment,
+        }
     }
 
-    fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
-        let (lost, delay) = {
-            let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-            let lost = rng.next_f64() < self.impairment.loss;
-            let spread = (rng.next_f64() * 2.0 - 1.0) * self.impairment.jitter.as_secs_f64();
-            let delay = (self.impairment.delay.as_secs_f64() + spread).max(0.0);
-            (lost, Duration::from_secs_f64(delay))
-        };
-        if lost {
-            return Ok(());
-        }
+    fn send_later(&self, transmit: &Transmit<'_>, delay: Duration) {
         let inner = self.inner.clone();
         let contents = transmit.contents.to_vec();
         let (destination, ecn, segment_size, src_ip) = (
@@ -165,6 +158,28 @@ impl AsyncUdpSocket for ImpairedSocket {
                 src_ip,
             });
         });
+    }
+}
+
+impl AsyncUdpSocket for ImpairedSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        let fate = self
+            .model
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .transmit();
+        match fate {
+            Fate::Lost => {}
+            Fate::Once(delay) => self.send_later(transmit, delay),
+            Fate::Twice(first, second) => {
+                self.send_later(transmit, first);
+                self.send_later(transmit, second);
+            }
+        }
         Ok(())
     }
 
@@ -211,10 +226,20 @@ mod tests {
     }
 
     #[test]
-    fn the_generator_is_uniform_enough() {
-        let mut rng = Rng(7);
+    fn an_impairment_is_carried_out_by_the_netem_model() {
+        let i: Impairment = "delay=20ms,jitter=5ms,loss=2%,seed=3".parse().unwrap();
+        let mut model = LinkModel::new(i.link_config());
         let n = 100_000;
-        let below: usize = (0..n).filter(|_| rng.next_f64() < 0.02).count();
-        assert!((1_700..2_300).contains(&below), "{below}");
+        let mut lost = 0;
+        for _ in 0..n {
+            match model.transmit() {
+                Fate::Lost => lost += 1,
+                Fate::Once(d) => {
+                    assert!(d >= Duration::from_millis(15) && d <= Duration::from_millis(25))
+                }
+                Fate::Twice(..) => panic!("this impairment never duplicates"),
+            }
+        }
+        assert!((1_700..2_300).contains(&lost), "{lost}");
     }
 }

@@ -7,7 +7,6 @@
 pub mod control;
 pub mod endpoint;
 pub mod impair;
-pub mod paths;
 pub mod presence;
 pub mod protocol;
 pub mod relay;
@@ -16,5 +15,5 @@ pub mod relay_client;
 pub use endpoint::{
     ALPN, Accepting, ConnectError, EndpointConfig, EndpointError, VoiceConnection, VoiceEndpoint,
 };
-pub use protocol::{EncodeError, ParseError, VoiceDatagram, VoiceDatagramRef};
+pub use protocol::{EncodeError, ParseError, VoiceDatagram, VoiceDatagramRef, VoiceHeader};
 pub use relay::{ConnId, DropReason, Forward, GroupKey, JoinError, Relay, RelayConfig, RelayStats};

@@ -41,8 +41,19 @@
 
 use thiserror::Error;
 
-/// The wire format version this code writes and the only one it reads.
+/// The plaintext wire format's version: [`VoiceDatagram`] writes it and is
+/// the only one it reads.
 pub const VERSION: u8 = 1;
+
+/// The version of an end-to-end sealed frame (`tincan_voice::frame`): the
+/// same 13-byte header, then a key id, the ciphertext and a truncated tag,
+/// which only the channel's members can open. [`VoiceHeader::parse`] (what
+/// a relay reads) accepts it; [`VoiceDatagram::parse`] does not.
+pub const SEALED_VERSION: u8 = 2;
+
+/// The fewest bytes after the header of a sealed frame: its key id and its
+/// 8-byte tag.
+pub const SEALED_MIN_BODY: usize = 9;
 
 /// Bytes before the first payload byte when there is no redundant frame.
 pub const HEADER_LEN: usize = 13;
@@ -199,6 +210,102 @@ impl VoiceDatagram {
     }
 }
 
+/// The 13-byte header of either version, and what follows it unread: all a
+/// relay needs to route a frame, whether or not it can read the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VoiceHeader {
+    /// [`VERSION`] or [`SEALED_VERSION`].
+    pub version: u8,
+    /// The flag bits ([`flags`]).
+    pub flags: u8,
+    /// See [`VoiceDatagram::channel`].
+    pub channel: u8,
+    /// See [`VoiceDatagram::speaker`].
+    pub speaker: u16,
+    /// See [`VoiceDatagram::sequence`].
+    pub sequence: u32,
+    /// See [`VoiceDatagram::timestamp`].
+    pub timestamp: u32,
+}
+
+impl VoiceHeader {
+    /// Parses the header of a datagram of either version and returns it
+    /// with the bytes after it. A plaintext datagram is checked whole (as
+    /// [`VoiceDatagram::parse`] does); a sealed one must have at least
+    /// [`SEALED_MIN_BODY`] bytes after the header. Never panics.
+    pub fn parse(bytes: &[u8]) -> Result<(VoiceHeader, &[u8]), ParseError> {
+        let len = bytes.len();
+        if len > MAX_DATAGRAM_LEN {
+            return Err(ParseError::TooLong { len });
+        }
+        let Some((header, rest)) = bytes.split_first_chunk::<HEADER_LEN>() else {
+            return Err(ParseError::TooShort { len });
+        };
+        let [v, f, channel, s0, s1, q0, q1, q2, q3, t0, t1, t2, t3] = *header;
+        let parsed = VoiceHeader {
+            version: v,
+            flags: f,
+            channel,
+            speaker: u16::from_be_bytes([s0, s1]),
+            sequence: u32::from_be_bytes([q0, q1, q2, q3]),
+            timestamp: u32::from_be_bytes([t0, t1, t2, t3]),
+        };
+        match v {
+            VERSION => {
+                VoiceDatagramRef::parse(bytes)?;
+            }
+            SEALED_VERSION => {
+                let unknown = f & !flags::KNOWN;
+                if unknown != 0 {
+                    return Err(ParseError::UnknownFlags { bits: unknown });
+                }
+                if rest.len() < SEALED_MIN_BODY {
+                    return Err(ParseError::TooShort { len });
+                }
+            }
+            version => return Err(ParseError::UnknownVersion { version }),
+        }
+        Ok((parsed, rest))
+    }
+
+    /// The 13 header bytes.
+    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let s = self.speaker.to_be_bytes();
+        let q = self.sequence.to_be_bytes();
+        let t = self.timestamp.to_be_bytes();
+        [
+            self.version,
+            self.flags,
+            self.channel,
+            s[0],
+            s[1],
+            q[0],
+            q[1],
+            q[2],
+            q[3],
+            t[0],
+            t[1],
+            t[2],
+            t[3],
+        ]
+    }
+}
+
+/// Rewrites the speaker index of an encoded datagram of either version in
+/// place (a frame sealed once goes to direct links with index 0 and to the
+/// relay with the index it gave us; the index is routing, not
+/// authenticated). Returns false, changing nothing, if `bytes` is shorter
+/// than a header.
+pub fn set_speaker(bytes: &mut [u8], speaker: u16) -> bool {
+    match bytes.get_mut(3..5) {
+        Some(field) => {
+            field.copy_from_slice(&speaker.to_be_bytes());
+            true
+        }
+        None => false,
+    }
+}
+
 impl<'a> VoiceDatagramRef<'a> {
     /// Parses a received datagram without copying it. Never panics.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, ParseError> {
@@ -324,6 +431,39 @@ impl<'a> VoiceDatagramRef<'a> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_header_parses_for_both_versions_and_the_body_is_left_alone() {
+        let plain = frame().encode().unwrap();
+        let (h, rest) = VoiceHeader::parse(&plain).unwrap();
+        assert_eq!((h.version, h.channel, h.speaker), (VERSION, 2, 0x0102));
+        assert_eq!(h.to_bytes(), plain[..HEADER_LEN]);
+        assert_eq!(rest, &plain[HEADER_LEN..]);
+        let mut sealed = plain[..HEADER_LEN].to_vec();
+        sealed[0] = SEALED_VERSION;
+        sealed.extend_from_slice(&[7; SEALED_MIN_BODY]);
+        let (h, rest) = VoiceHeader::parse(&sealed).unwrap();
+        assert_eq!((h.version, rest.len()), (SEALED_VERSION, SEALED_MIN_BODY));
+        assert!(
+            VoiceDatagram::parse(&sealed).is_err(),
+            "v1 readers refuse v2"
+        );
+        assert!(VoiceHeader::parse(&sealed[..sealed.len() - 1]).is_err());
+        sealed[1] = 0x80;
+        assert!(matches!(
+            VoiceHeader::parse(&sealed),
+            Err(ParseError::UnknownFlags { bits: 0x80 })
+        ));
+        sealed[0] = 3;
+        assert!(matches!(
+            VoiceHeader::parse(&sealed),
+            Err(ParseError::UnknownVersion { version: 3 })
+        ));
+        let mut bytes = plain.clone();
+        assert!(set_speaker(&mut bytes, 9));
+        assert_eq!(VoiceDatagram::parse(&bytes).unwrap().speaker, 9);
+        assert!(!set_speaker(&mut [0u8; 4], 9));
+    }
 
     fn frame() -> VoiceDatagram {
         VoiceDatagram {

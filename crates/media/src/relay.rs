@@ -8,7 +8,9 @@
 //! - for each datagram received, [`Relay::on_datagram`] says which
 //!   connections to send the same bytes to: every other member of the
 //!   sender's group, never the sender. It reads the 13-byte header to check
-//!   the frame and never touches the Opus packet;
+//!   the frame and never touches the Opus packet: plaintext frames
+//!   (version 1) and end-to-end sealed ones (version 2, which it cannot
+//!   read) are forwarded alike;
 //! - [`Relay::leave`] when the connection closes or leaves the room.
 //!
 //! `now` is a parameter (microseconds since any origin), so tests and
@@ -21,7 +23,7 @@ use std::collections::HashMap;
 
 use thiserror::Error;
 
-use crate::protocol::{ParseError, VoiceDatagram};
+use crate::protocol::{ParseError, VoiceHeader};
 
 /// A connection, named by the network layer; the relay only compares them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -327,8 +329,8 @@ impl Relay {
             return Forward::Drop(DropReason::NotJoined);
         };
         // Only the header is read: the Opus packet is opaque to the relay.
-        let datagram = match VoiceDatagram::parse(bytes) {
-            Ok(datagram) => datagram,
+        let datagram = match VoiceHeader::parse(bytes) {
+            Ok((header, _)) => header,
             Err(e) => {
                 self.stats.dropped_malformed += 1;
                 return Forward::Drop(DropReason::Malformed(e));
@@ -379,6 +381,7 @@ impl Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{SEALED_VERSION, VoiceDatagram};
 
     const ROOM: GroupKey = GroupKey([1; 16]);
     const OTHER_ROOM: GroupKey = GroupKey([2; 16]);
@@ -404,6 +407,25 @@ mod tests {
         }
         .encode()
         .unwrap()
+    }
+
+    #[test]
+    fn sealed_frames_are_forwarded_by_their_header_alone() {
+        let mut relay = Relay::new(generous());
+        let a = ConnId(1);
+        let b = ConnId(2);
+        let sa = relay.join(a, ROOM).unwrap();
+        relay.join(b, ROOM).unwrap();
+        let mut sealed = frame(sa, 1)[..crate::protocol::HEADER_LEN].to_vec();
+        sealed[0] = SEALED_VERSION;
+        sealed.extend_from_slice(&[0x5a; 80]);
+        assert_eq!(recipients(&mut relay, a, &sealed, 0), vec![b]);
+        let mut wrong = sealed.clone();
+        crate::protocol::set_speaker(&mut wrong, sa + 1);
+        assert!(matches!(
+            relay.on_datagram(a, &wrong, 0),
+            Forward::Drop(DropReason::WrongSpeaker)
+        ));
     }
 
     fn recipients(relay: &mut Relay, from: ConnId, bytes: &[u8], now: u64) -> Vec<ConnId> {

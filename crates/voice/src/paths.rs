@@ -1,8 +1,15 @@
 //! Which voice paths to try, without I/O: the planner a node's voice session
 //! drives with presences, connection outcomes and the time.
 //!
+//! Peers are keyed by [`PeerId`]. It holds at most
+//! [`PlannerConfig::max_peers`] peers: at the limit a new peer is refused
+//! ([`PathPlanner::on_presence`] says so) and the peers it has are kept. The
+//! session feeds it only presences the admission gate let through, with
+//! candidate lists already filtered.
+//!
 //! For every peer present in our voice channel it decides:
-//! - who dials: the node with the smaller PeerId (as text), so two nodes
+//! - who dials: the node with the smaller PeerId (as text, as every tincan
+//!   node compares them, so that nodes of this and older versions agree), so two nodes
 //!   never race two connections; it dials all the peer's candidates at once
 //!   and keeps the first that answers;
 //! - who punches: the other node sends punch packets to the dialler's
@@ -14,13 +21,15 @@
 //!
 //! `now` is a parameter (time since any origin), so tests run without clocks.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use libp2p_identity::PeerId;
 use tincan_core::{ChannelId, RoomId};
+use tincan_media::presence::{CandidateKind, PRESENCE_TIMEOUT, Presence};
 
-use crate::presence::{CandidateKind, PRESENCE_TIMEOUT, Presence};
+use crate::candidates::is_private;
 
 /// How a peer's voice reaches us.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -64,6 +73,9 @@ pub struct PlannerConfig {
     pub redial_after: Duration,
     /// Most peers a channel's full mesh connects to; beyond it, the relay.
     pub max_direct_peers: usize,
+    /// Most peers the planner holds at all; a presence from one more is
+    /// refused until one leaves or times out.
+    pub max_peers: usize,
 }
 
 impl Default for PlannerConfig {
@@ -73,6 +85,7 @@ impl Default for PlannerConfig {
             punch_every: Duration::from_millis(250),
             redial_after: Duration::from_secs(2),
             max_direct_peers: 16,
+            max_peers: 64,
         }
     }
 }
@@ -82,20 +95,22 @@ impl Default for PlannerConfig {
 pub enum Action {
     /// Dial this peer at these addresses at once; report the outcome.
     Dial {
-        /// The peer (PeerId as text).
-        peer: String,
+        /// The peer.
+        peer: PeerId,
         /// Its candidates, best first.
         addrs: Vec<SocketAddr>,
     },
-    /// Send punch packets to these addresses.
+    /// Send punch packets to these addresses of this peer.
     Punch {
+        /// The peer waiting for our punches.
+        peer: PeerId,
         /// The addresses.
         addrs: Vec<SocketAddr>,
     },
     /// The peer left the channel or went silent: close its connection.
     Forget {
         /// The peer.
-        peer: String,
+        peer: PeerId,
     },
 }
 
@@ -108,6 +123,8 @@ enum Link {
 
 #[derive(Clone, Debug)]
 struct Peer {
+    /// The PeerId as text, which decides who dials.
+    text: String,
     presence: Presence,
     heard_at: Duration,
     first_heard: Duration,
@@ -118,21 +135,28 @@ struct Peer {
 /// The path planner of one node's voice session.
 #[derive(Debug)]
 pub struct PathPlanner {
-    me: String,
+    me: PeerId,
+    me_text: String,
     config: PlannerConfig,
     channel: Option<(RoomId, ChannelId)>,
-    peers: HashMap<String, Peer>,
+    peers: BTreeMap<PeerId, Peer>,
 }
 
 impl PathPlanner {
-    /// A planner for the node `me` (its PeerId as text).
-    pub fn new(me: String, config: PlannerConfig) -> Self {
+    /// A planner for the node `me`.
+    pub fn new(me: PeerId, config: PlannerConfig) -> Self {
         PathPlanner {
+            me_text: me.to_string(),
             me,
             config,
             channel: None,
-            peers: HashMap::new(),
+            peers: BTreeMap::new(),
         }
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &PlannerConfig {
+        &self.config
     }
 
     /// The channel we are in (or none). Peers of another channel are
@@ -141,21 +165,27 @@ impl PathPlanner {
         self.channel = channel;
     }
 
-    /// A peer's presence (already verified).
-    pub fn on_presence(&mut self, peer: &str, presence: Presence, now: Duration) {
-        if peer == self.me {
-            return;
+    /// A peer's presence (already admitted, its candidates filtered).
+    /// Returns false when it was refused: our own, or a new peer while the
+    /// planner holds [`PlannerConfig::max_peers`].
+    pub fn on_presence(&mut self, peer: &PeerId, presence: Presence, now: Duration) -> bool {
+        if *peer == self.me {
+            return false;
         }
+        let full = self.peers.len() >= self.config.max_peers;
         match self.peers.get_mut(peer) {
-            Some(p) if presence.sent_ms < p.presence.sent_ms => {}
+            Some(p) if presence.sent_ms < p.presence.sent_ms => true,
             Some(p) => {
                 p.presence = presence;
                 p.heard_at = now;
+                true
             }
+            None if full => false,
             None => {
                 self.peers.insert(
-                    peer.to_owned(),
+                    *peer,
                     Peer {
+                        text: peer.to_string(),
                         presence,
                         heard_at: now,
                         first_heard: now,
@@ -163,13 +193,37 @@ impl PathPlanner {
                         last_punch: None,
                     },
                 );
+                true
             }
         }
     }
 
+    /// Whether the planner holds this peer.
+    pub fn contains(&self, peer: &PeerId) -> bool {
+        self.peers.contains_key(peer)
+    }
+
+    /// Forgets a peer at once (the gate refused it); returns whether it
+    /// was there. No [`Action::Forget`] follows: the caller closes its link.
+    pub fn remove(&mut self, peer: &PeerId) -> bool {
+        self.peers.remove(peer).is_some()
+    }
+
+    /// The peer's presence, if the planner holds it.
+    pub fn presence(&self, peer: &PeerId) -> Option<&Presence> {
+        self.peers.get(peer).map(|p| &p.presence)
+    }
+
+    /// Whether a dial to the peer is under way.
+    pub fn is_dialing(&self, peer: &PeerId) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.link == Link::Dialing)
+    }
+
     /// A direct connection to `peer` is up, with the peer at `remote`:
     /// returns the path it is.
-    pub fn on_connected(&mut self, peer: &str, remote: SocketAddr) -> Path {
+    pub fn on_connected(&mut self, peer: &PeerId, remote: SocketAddr) -> Path {
         let path = match self.peers.get(peer) {
             Some(p) => classify(&p.presence, remote),
             None => classify_addr(remote),
@@ -181,22 +235,22 @@ impl PathPlanner {
     }
 
     /// The connection to `peer` closed, or a dial failed.
-    pub fn on_disconnected(&mut self, peer: &str, now: Duration) {
+    pub fn on_disconnected(&mut self, peer: &PeerId, now: Duration) {
         if let Some(p) = self.peers.get_mut(peer) {
             p.link = Link::Idle { since: now };
         }
     }
 
     /// Peers present in our channel now, with their presence.
-    pub fn present(&self) -> impl Iterator<Item = (&str, &Presence)> {
+    pub fn present(&self) -> impl Iterator<Item = (&PeerId, &Presence)> {
         self.peers
             .iter()
             .filter(|(_, p)| self.in_our_channel(&p.presence))
-            .map(|(k, p)| (k.as_str(), &p.presence))
+            .map(|(k, p)| (k, &p.presence))
     }
 
     /// The path of a peer's direct connection, if it has one.
-    pub fn path(&self, peer: &str) -> Option<Path> {
+    pub fn path(&self, peer: &PeerId) -> Option<Path> {
         match self.peers.get(peer)?.link {
             Link::Connected(path) => Some(path),
             _ => None,
@@ -231,7 +285,7 @@ impl PathPlanner {
     pub fn poll(&mut self, now: Duration) -> Vec<Action> {
         let mut actions = Vec::new();
         let channel = self.channel;
-        let stale: Vec<String> = self
+        let stale: Vec<PeerId> = self
             .peers
             .iter()
             .filter(|(_, p)| {
@@ -239,7 +293,7 @@ impl PathPlanner {
                     || !matches!(channel, Some((room, ch))
                         if p.presence.room == room && p.presence.channel == Some(ch))
             })
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| *k)
             .collect();
         for peer in stale {
             self.peers.remove(&peer);
@@ -250,11 +304,14 @@ impl PathPlanner {
             .values()
             .filter(|p| matches!(p.link, Link::Connected(_) | Link::Dialing))
             .count();
-        let mut names: Vec<&String> = self.peers.keys().collect();
+        let mut names: Vec<(String, PeerId)> = self
+            .peers
+            .iter()
+            .map(|(k, p)| (p.text.clone(), *k))
+            .collect();
         names.sort();
-        let names: Vec<String> = names.into_iter().cloned().collect();
-        for name in names {
-            let dials = self.me < name;
+        for (text, name) in names {
+            let dials = self.me_text < text;
             let Some(p) = self.peers.get_mut(&name) else {
                 continue;
             };
@@ -270,10 +327,7 @@ impl PathPlanner {
                     {
                         p.link = Link::Dialing;
                         direct += 1;
-                        actions.push(Action::Dial {
-                            peer: name.clone(),
-                            addrs,
-                        });
+                        actions.push(Action::Dial { peer: name, addrs });
                     }
                 }
                 Link::Idle { .. } => {
@@ -281,23 +335,13 @@ impl PathPlanner {
                         .is_none_or(|t| now.saturating_sub(t) >= self.config.punch_every)
                     {
                         p.last_punch = Some(now);
-                        actions.push(Action::Punch { addrs });
+                        actions.push(Action::Punch { peer: name, addrs });
                     }
                 }
                 Link::Dialing | Link::Connected(_) => {}
             }
         }
         actions
-    }
-}
-
-/// Whether an address is inside a private, link-local or loopback network.
-pub fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_private() || v4.is_loopback() || v4.is_link_local(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00 || v6.is_unicast_link_local()
-        }
     }
 }
 
@@ -332,8 +376,8 @@ fn classify(presence: &Presence, remote: SocketAddr) -> Path {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::presence::Candidate;
     use tincan_core::{Hlc, NodeBinding, NodeKey, UserKey};
+    use tincan_media::presence::Candidate;
 
     const ROOM: RoomId = RoomId([1; 16]);
     const CH: ChannelId = ChannelId([2; 16]);
@@ -366,84 +410,130 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// Three PeerIds in the order of their text, as the planner compares.
+    fn abc() -> (PeerId, PeerId, PeerId) {
+        let mut ids: Vec<PeerId> = (0..3u8)
+            .map(|i| {
+                let node = NodeKey::from_seed(&[i + 10; 32]);
+                crate::gate::peer_id_of(&node.id()).unwrap()
+            })
+            .collect();
+        ids.sort_by_key(|p| p.to_string());
+        (ids[0], ids[1], ids[2])
+    }
+
     #[test]
     fn the_smaller_id_dials_and_the_other_punches() {
-        let mut low = PathPlanner::new("A".into(), PlannerConfig::default());
-        let mut high = PathPlanner::new("B".into(), PlannerConfig::default());
+        let (a_id, b_id, _) = abc();
+        let mut low = PathPlanner::new(a_id, PlannerConfig::default());
+        let mut high = PathPlanner::new(b_id, PlannerConfig::default());
         for p in [&mut low, &mut high] {
             p.set_channel(Some((ROOM, CH)));
         }
-        low.on_presence("B", presence(Some(CH), 1, false), ms(0));
-        high.on_presence("A", presence(Some(CH), 1, false), ms(0));
+        low.on_presence(&b_id, presence(Some(CH), 1, false), ms(0));
+        high.on_presence(&a_id, presence(Some(CH), 1, false), ms(0));
         let a = low.poll(ms(0));
         assert!(
-            matches!(&a[..], [Action::Dial { peer, addrs }] if peer == "B" && addrs.len() == 2)
+            matches!(&a[..], [Action::Dial { peer, addrs }] if *peer == b_id && addrs.len() == 2)
         );
         assert!(low.poll(ms(10)).is_empty(), "one dial at a time");
         let b = high.poll(ms(0));
-        assert!(matches!(&b[..], [Action::Punch { addrs }] if addrs.len() == 2));
+        assert!(
+            matches!(&b[..], [Action::Punch { peer, addrs }] if *peer == a_id && addrs.len() == 2)
+        );
         assert!(high.poll(ms(100)).is_empty(), "punches are paced");
         assert!(matches!(&high.poll(ms(300))[..], [Action::Punch { .. }]));
         // A failed dial is retried after redial_after, not at once.
-        low.on_disconnected("B", ms(1000));
+        low.on_disconnected(&b_id, ms(1000));
         assert!(low.poll(ms(1500)).is_empty());
         assert!(matches!(&low.poll(ms(3100))[..], [Action::Dial { .. }]));
     }
 
     #[test]
     fn paths_are_classified_by_the_candidate_that_answered() {
-        let mut p = PathPlanner::new("A".into(), PlannerConfig::default());
+        let (a_id, b_id, _) = abc();
+        let mut p = PathPlanner::new(a_id, PlannerConfig::default());
         p.set_channel(Some((ROOM, CH)));
-        p.on_presence("B", presence(Some(CH), 1, false), ms(0));
+        p.on_presence(&b_id, presence(Some(CH), 1, false), ms(0));
         assert_eq!(
-            p.on_connected("B", "192.168.1.5:4000".parse().unwrap()),
+            p.on_connected(&b_id, "192.168.1.5:4000".parse().unwrap()),
             Path::Lan
         );
         assert_eq!(
-            p.on_connected("B", "203.0.113.7:4000".parse().unwrap()),
+            p.on_connected(&b_id, "203.0.113.7:4000".parse().unwrap()),
             Path::Punched
         );
         assert_eq!(
-            p.on_connected("B", "203.0.113.7:5123".parse().unwrap()),
+            p.on_connected(&b_id, "203.0.113.7:5123".parse().unwrap()),
             Path::Punched
         );
         assert_eq!(
-            p.on_connected("B", "198.51.100.1:4000".parse().unwrap()),
+            p.on_connected(&b_id, "198.51.100.1:4000".parse().unwrap()),
             Path::Direct
         );
-        assert_eq!(p.path("B"), Some(Path::Direct));
+        assert_eq!(p.path(&b_id), Some(Path::Direct));
     }
 
     #[test]
     fn no_direct_path_for_a_while_means_relay() {
-        let mut p = PathPlanner::new("A".into(), PlannerConfig::default());
+        let (a_id, b_id, c_id) = abc();
+        let mut p = PathPlanner::new(a_id, PlannerConfig::default());
         p.set_channel(Some((ROOM, CH)));
         assert!(!p.needs_relay(ms(0)));
-        p.on_presence("B", presence(Some(CH), 1, false), ms(0));
+        p.on_presence(&b_id, presence(Some(CH), 1, false), ms(0));
         assert!(!p.needs_relay(ms(1000)));
         assert!(p.needs_relay(ms(1500)));
-        p.on_connected("B", "192.168.1.5:4000".parse().unwrap());
+        p.on_connected(&b_id, "192.168.1.5:4000".parse().unwrap());
         assert!(!p.needs_relay(ms(5000)));
         // A peer that says it is relayed pulls us onto the relay at once.
-        p.on_presence("C", presence(Some(CH), 1, true), ms(5000));
+        p.on_presence(&c_id, presence(Some(CH), 1, true), ms(5000));
         assert!(p.needs_relay(ms(5000)));
     }
 
     #[test]
     fn peers_that_leave_or_go_silent_are_forgotten() {
-        let mut p = PathPlanner::new("A".into(), PlannerConfig::default());
+        let (a_id, b_id, c_id) = abc();
+        let mut p = PathPlanner::new(a_id, PlannerConfig::default());
         p.set_channel(Some((ROOM, CH)));
-        p.on_presence("B", presence(Some(CH), 1, false), ms(0));
-        p.on_presence("C", presence(Some(CH), 1, false), ms(0));
+        p.on_presence(&b_id, presence(Some(CH), 1, false), ms(0));
+        p.on_presence(&c_id, presence(Some(CH), 1, false), ms(0));
         p.poll(ms(0));
         // C leaves; an older presence arriving late changes nothing.
-        p.on_presence("C", presence(None, 2, false), ms(100));
-        p.on_presence("C", presence(Some(CH), 1, false), ms(150));
+        p.on_presence(&c_id, presence(None, 2, false), ms(100));
+        p.on_presence(&c_id, presence(Some(CH), 1, false), ms(150));
         let actions = p.poll(ms(200));
-        assert!(actions.contains(&Action::Forget { peer: "C".into() }));
+        assert!(actions.contains(&Action::Forget { peer: c_id }));
         // B goes silent.
         let actions = p.poll(PRESENCE_TIMEOUT + ms(1));
-        assert!(actions.contains(&Action::Forget { peer: "B".into() }));
+        assert!(actions.contains(&Action::Forget { peer: b_id }));
         assert_eq!(p.present().count(), 0);
+    }
+
+    #[test]
+    fn the_planner_holds_at_most_max_peers() {
+        let (a_id, ..) = abc();
+        let config = PlannerConfig {
+            max_peers: 3,
+            ..PlannerConfig::default()
+        };
+        let mut p = PathPlanner::new(a_id, config);
+        p.set_channel(Some((ROOM, CH)));
+        let peers: Vec<PeerId> = (0..5u8)
+            .map(|i| crate::gate::peer_id_of(&NodeKey::from_seed(&[i + 40; 32]).id()).unwrap())
+            .collect();
+        let taken: Vec<bool> = peers
+            .iter()
+            .map(|id| p.on_presence(id, presence(Some(CH), 1, false), ms(0)))
+            .collect();
+        assert_eq!(taken, [true, true, true, false, false]);
+        assert!(
+            !p.on_presence(&a_id, presence(Some(CH), 1, false), ms(0)),
+            "ourselves"
+        );
+        // A known peer still updates; one leaving makes room.
+        assert!(p.on_presence(&peers[0], presence(Some(CH), 2, false), ms(5)));
+        assert!(p.remove(&peers[1]));
+        assert!(p.on_presence(&peers[4], presence(Some(CH), 1, false), ms(5)));
+        assert_eq!(p.present().count(), 3);
     }
 }

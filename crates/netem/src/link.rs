@@ -1,47 +1,23 @@
-//! A sans-IO link emulator: latency, jitter, random or bursty
+//! One direction of an emulated link: latency, jitter, random or bursty
 //! (Gilbert-Elliott) loss, reordering and duplication, all drawn from a seed.
 //!
-//! [`Link::send`] takes an item and the time it was sent; [`Link::poll`] hands
-//! back what has arrived by `now`, with its arrival time; [`Link::next_arrival`]
-//! says when to look next, so a test can jump its virtual clock straight there.
+//! Two layers:
+//! - [`LinkModel`] decides each packet's fate ([`Fate`]: lost, or delivered
+//!   once or twice after some delay) and holds no packets, so a real socket
+//!   (the impairing UDP socket of `tincan-media`) can carry out its choices
+//!   on its own timers;
+//! - [`Link`] is a model plus the packets in flight: [`Link::send`] takes an
+//!   item and the time it was sent; [`Link::poll`] hands back what has
+//!   arrived by `now`, with its arrival time; [`Link::next_arrival`] says
+//!   when to look next, so a test can jump its virtual clock straight there.
+//!
 //! The same seed and the same calls give the same deliveries, so tests,
 //! simulations and the offline chain are repeatable.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// A small, fast, seeded random number generator (SplitMix64). Not for
-/// cryptography: it only has to be repeatable.
-#[derive(Clone, Debug)]
-pub struct SimRng {
-    state: u64,
-}
-
-impl SimRng {
-    /// A generator that always gives the same sequence for the same seed.
-    pub fn new(seed: u64) -> Self {
-        SimRng { state: seed }
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A uniform number in 0.0..1.0.
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// True with probability `p` (clamped to 0..=1).
-    pub fn chance(&mut self, p: f64) -> bool {
-        self.next_f64() < p
-    }
-}
+use crate::rng::SimRng;
 
 /// Which packets the link loses.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -140,31 +116,45 @@ pub struct LinkStats {
     pub overflow: u64,
 }
 
-/// One direction of an emulated link. See the module documentation.
-#[derive(Debug)]
-pub struct Link<T> {
+/// What the model decided for one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// The loss model dropped it.
+    Lost,
+    /// It arrives after this delay.
+    Once(Duration),
+    /// It arrives twice, after each of these delays.
+    Twice(Duration, Duration),
+}
+
+/// The decisions of one direction of a link, without the packets: see the
+/// module documentation.
+#[derive(Clone, Debug)]
+pub struct LinkModel {
     config: LinkConfig,
     rng: SimRng,
     bad_state: bool,
-    in_flight: BTreeMap<(Duration, u64), T>,
-    order: u64,
     stats: LinkStats,
 }
 
-impl<T: Clone> Link<T> {
-    /// An empty link.
+impl LinkModel {
+    /// A model drawing from `config.seed`.
     pub fn new(config: LinkConfig) -> Self {
-        Link {
+        LinkModel {
             rng: SimRng::new(config.seed),
             config,
             bad_state: false,
-            in_flight: BTreeMap::new(),
-            order: 0,
             stats: LinkStats::default(),
         }
     }
 
-    /// What the link has done so far.
+    /// Its settings.
+    pub fn config(&self) -> &LinkConfig {
+        &self.config
+    }
+
+    /// What it has decided so far (`delivered` and `overflow` are counted
+    /// by whoever holds the packets: [`Link`] does).
     pub fn stats(&self) -> LinkStats {
         self.stats
     }
@@ -208,29 +198,77 @@ impl<T: Clone> Link<T> {
         Duration::from_secs_f64(delay)
     }
 
+    /// Decides the fate of the next packet sent.
+    pub fn transmit(&mut self) -> Fate {
+        self.stats.sent += 1;
+        if self.lose() {
+            self.stats.lost += 1;
+            return Fate::Lost;
+        }
+        if self.rng.chance(self.config.duplicate) {
+            self.stats.duplicated += 1;
+            let first = self.delay();
+            return Fate::Twice(first, self.delay());
+        }
+        Fate::Once(self.delay())
+    }
+}
+
+/// One direction of an emulated link. See the module documentation.
+#[derive(Debug)]
+pub struct Link<T> {
+    model: LinkModel,
+    in_flight: BTreeMap<(Duration, u64), T>,
+    order: u64,
+    delivered: u64,
+    overflow: u64,
+}
+
+impl<T: Clone> Link<T> {
+    /// An empty link.
+    pub fn new(config: LinkConfig) -> Self {
+        Link {
+            model: LinkModel::new(config),
+            in_flight: BTreeMap::new(),
+            order: 0,
+            delivered: 0,
+            overflow: 0,
+        }
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &LinkConfig {
+        self.model.config()
+    }
+
+    /// What the link has done so far.
+    pub fn stats(&self) -> LinkStats {
+        LinkStats {
+            delivered: self.delivered,
+            overflow: self.overflow,
+            ..self.model.stats()
+        }
+    }
+
     fn enqueue(&mut self, item: T, arrival: Duration) {
         self.order += 1;
         self.in_flight.insert((arrival, self.order), item);
-        while self.in_flight.len() > self.config.capacity.max(1) {
+        while self.in_flight.len() > self.model.config.capacity.max(1) {
             self.in_flight.pop_first();
-            self.stats.overflow += 1;
+            self.overflow += 1;
         }
     }
 
     /// Sends `item` at time `now`.
     pub fn send(&mut self, item: T, now: Duration) {
-        self.stats.sent += 1;
-        if self.lose() {
-            self.stats.lost += 1;
-            return;
+        match self.model.transmit() {
+            Fate::Lost => {}
+            Fate::Once(delay) => self.enqueue(item, now + delay),
+            Fate::Twice(first, second) => {
+                self.enqueue(item.clone(), now + first);
+                self.enqueue(item, now + second);
+            }
         }
-        if self.rng.chance(self.config.duplicate) {
-            self.stats.duplicated += 1;
-            let arrival = now + self.delay();
-            self.enqueue(item.clone(), arrival);
-        }
-        let arrival = now + self.delay();
-        self.enqueue(item, arrival);
     }
 
     /// The next item to have arrived by `now`, with its arrival time.
@@ -240,13 +278,18 @@ impl<T: Clone> Link<T> {
             return None;
         }
         let ((arrival, _), item) = self.in_flight.pop_first()?;
-        self.stats.delivered += 1;
+        self.delivered += 1;
         Some((item, arrival))
     }
 
     /// When the next item arrives, if any is in flight.
     pub fn next_arrival(&self) -> Option<Duration> {
         self.in_flight.keys().next().map(|(arrival, _)| *arrival)
+    }
+
+    /// Items in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 }
 
