@@ -58,7 +58,41 @@ pub struct Config {
     /// The voice relay (on by default, on UDP 0.0.0.0:4434).
     #[serde(default)]
     pub voice_relay: voice_relay::VoiceRelayConfig,
+    /// Prometheus metrics (on by default, on 127.0.0.1:9464).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// PeerIds this node refuses: their mesh connections are closed and
+    /// refused, and the voice relay drops theirs.
+    #[serde(default)]
+    pub blocked_peers: Vec<String>,
 }
+
+/// `[metrics]` in the configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve them (default: yes).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Where (default 127.0.0.1:9464: the server itself only; put a reverse
+    /// proxy or an SSH tunnel in front to scrape from elsewhere). A port
+    /// set here that cannot be bound stops the node; the default, taken by
+    /// something else, only costs the metrics (a warning says so).
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: None,
+        }
+    }
+}
+
+/// Where metrics are served unless the configuration says otherwise.
+pub const DEFAULT_METRICS_LISTEN: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
 
 /// `[relay_limits]` in the configuration.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -127,7 +161,18 @@ impl Config {
             .with_context(|| format!("{} is not a valid configuration", path.display()))?;
         config.mesh_addrs()?;
         config.voice_relay.settings()?;
+        config.blocked()?;
         Ok(config)
+    }
+
+    fn blocked(&self) -> Result<Vec<PeerId>> {
+        self.blocked_peers
+            .iter()
+            .map(|p| {
+                p.parse()
+                    .map_err(|e| anyhow!("blocked_peers: {p:?} is not a PeerId ({e}): copy it from the node's log or `tincan id`"))
+            })
+            .collect()
     }
 
     fn mesh_addrs(&self) -> Result<(Vec<Multiaddr>, Vec<Multiaddr>, Vec<Multiaddr>)> {
@@ -175,6 +220,9 @@ pub fn load_or_create_key(path: &Path) -> Result<NodeKey> {
 /// A running bootstrap node.
 pub struct Bootstrap {
     mesh: Mesh,
+    /// Where metrics are served, if they are.
+    metrics_addr: Option<std::net::SocketAddr>,
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
     /// How many listen addresses were configured.
     listening: usize,
     voice: Option<voice_relay::VoiceRelay>,
@@ -185,7 +233,11 @@ impl Bootstrap {
     pub async fn start(config: &Config) -> Result<Bootstrap> {
         let key = load_or_create_key(&config.key_file)?;
         let (listen, external, peers) = config.mesh_addrs()?;
-        let voice_settings = config.voice_relay.settings()?;
+        let mut voice_settings = config.voice_relay.settings()?;
+        let blocked = config.blocked()?;
+        if let Some(v) = voice_settings.as_mut() {
+            v.blocked = blocked.iter().copied().collect();
+        }
         if listen.is_empty() {
             bail!("no listen address: set `listen` in the configuration");
         }
@@ -208,11 +260,54 @@ impl Bootstrap {
         let voice = voice_settings
             .map(|settings| voice_relay::VoiceRelay::start(*key.seed(), settings))
             .transpose()?;
-        let mesh = Mesh::start(mesh_config, store)
+        let mut registry = tincan_mesh::metrics::Registry::default();
+        if let Some(v) = &voice {
+            let read = v.stats_reader();
+            registry.register_collector(Box::new(tincan_mesh::metrics::Snapshot::new(move || {
+                voice_metric_samples(&read())
+            })));
+        }
+        let mesh = Mesh::start_with_registry(mesh_config, store, registry)
             .await
             .context("cannot start the mesh")?;
+        for peer in &blocked {
+            mesh.set_blocked(*peer, true).await?;
+        }
+        let listener = match (config.metrics.enabled, config.metrics.listen) {
+            (false, _) => None,
+            (true, Some(at)) => {
+                Some(tokio::net::TcpListener::bind(at).await.with_context(|| {
+                    format!(
+                        "cannot serve metrics on {at} (set [metrics] listen, or enabled = false)"
+                    )
+                })?)
+            }
+            (true, None) => match tokio::net::TcpListener::bind(DEFAULT_METRICS_LISTEN).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(
+                        "metrics not served: cannot listen on {DEFAULT_METRICS_LISTEN} ({e}); set [metrics] listen to a free port"
+                    );
+                    None
+                }
+            },
+        };
+        let (metrics_addr, metrics_task) = if let Some(listener) = listener {
+            let addr = listener.local_addr()?;
+            let m = mesh.clone();
+            let render: std::sync::Arc<dyn Fn() -> String + Send + Sync> =
+                std::sync::Arc::new(move || m.metrics_text());
+            (
+                Some(addr),
+                Some(tokio::spawn(tincan_mesh::metrics::serve(listener, render))),
+            )
+        } else {
+            (None, None)
+        };
         Ok(Bootstrap {
             mesh,
+            metrics_addr,
+            metrics_task,
             listening,
             voice,
         })
@@ -248,6 +343,12 @@ impl Bootstrap {
         &self.mesh
     }
 
+    /// Where Prometheus metrics are served (`http://ADDR/metrics`), unless
+    /// the configuration turned them off.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
+    }
+
     /// The voice relay, unless the configuration turned it off.
     pub fn voice_relay(&self) -> Option<&voice_relay::VoiceRelay> {
         self.voice.as_ref()
@@ -255,11 +356,109 @@ impl Bootstrap {
 
     /// Stops it.
     pub async fn shutdown(self) {
+        if let Some(t) = &self.metrics_task {
+            t.abort();
+        }
         if let Some(voice) = &self.voice {
             voice.shutdown();
         }
         self.mesh.shutdown().await;
     }
+}
+
+/// The voice relay's counters as `tincan_voice_relay_*` metrics.
+fn voice_metric_samples(s: &voice_relay::VoiceRelayStats) -> Vec<tincan_mesh::metrics::Sample> {
+    use tincan_mesh::metrics::Sample;
+    let r = &s.relay;
+    let dropped = "Datagrams the relay did not forward, by reason";
+    let joins = "Join requests, by outcome";
+    vec![
+        Sample::gauge(
+            "tincan_voice_relay_connections",
+            "Voice connections open now",
+            s.connections as f64,
+        ),
+        Sample::gauge(
+            "tincan_voice_relay_groups",
+            "Voice channels with a member now",
+            s.groups as f64,
+        ),
+        Sample::gauge(
+            "tincan_voice_relay_members",
+            "Members of all voice groups now",
+            s.members as f64,
+        ),
+        Sample::counter(
+            "tincan_voice_relay_datagrams_received",
+            "Datagrams received from members",
+            r.received,
+        ),
+        Sample::counter(
+            "tincan_voice_relay_datagrams_forwarded",
+            "Datagram copies sent, one per recipient",
+            r.forwarded,
+        ),
+        Sample::counter(
+            "tincan_voice_relay_forwarded_bytes",
+            "Bytes in the datagram copies sent",
+            r.forwarded_bytes,
+        ),
+        Sample::counter(
+            "tincan_voice_relay_datagrams_dropped",
+            dropped,
+            r.dropped_not_joined,
+        )
+        .with_label("reason", "not_joined"),
+        Sample::counter(
+            "tincan_voice_relay_datagrams_dropped",
+            dropped,
+            r.dropped_malformed,
+        )
+        .with_label("reason", "malformed"),
+        Sample::counter(
+            "tincan_voice_relay_datagrams_dropped",
+            dropped,
+            r.dropped_wrong_speaker,
+        )
+        .with_label("reason", "wrong_speaker"),
+        Sample::counter(
+            "tincan_voice_relay_datagrams_dropped",
+            dropped,
+            r.dropped_datagram_rate,
+        )
+        .with_label("reason", "datagram_rate"),
+        Sample::counter(
+            "tincan_voice_relay_datagrams_dropped",
+            dropped,
+            r.dropped_byte_rate,
+        )
+        .with_label("reason", "byte_rate"),
+        Sample::counter(
+            "tincan_voice_relay_datagrams_dropped",
+            dropped,
+            s.send_failed,
+        )
+        .with_label("reason", "send_failed"),
+        Sample::counter("tincan_voice_relay_joins", joins, s.joins_accepted)
+            .with_label("outcome", "accepted"),
+        Sample::counter("tincan_voice_relay_joins", joins, s.joins_refused)
+            .with_label("outcome", "refused"),
+        Sample::counter(
+            "tincan_voice_relay_observed",
+            "Observe requests answered (a node's public voice address)",
+            s.observed,
+        ),
+        Sample::counter(
+            "tincan_voice_relay_connections_refused",
+            "Connections closed because the relay was full or the node is blocked",
+            s.connections_refused,
+        ),
+        Sample::counter(
+            "tincan_voice_relay_handshakes_failed",
+            "Connections that sent no readable request in time",
+            s.handshakes_failed,
+        ),
+    ]
 }
 
 #[cfg(test)]

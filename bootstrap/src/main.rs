@@ -65,6 +65,9 @@ fn run(args: Args) -> Result<()> {
             "tincan-bootstrap {} running; players use --bootstrap with an address above",
             node.peer_id()
         );
+        if let Some(addr) = node.metrics_addr() {
+            eprintln!("metrics on http://{addr}/metrics (Prometheus)");
+        }
         if let Some(voice) = node.voice_relay() {
             // On stderr: stdout lists only multiaddrs, which scripts read.
             let addr = voice.local_addr();

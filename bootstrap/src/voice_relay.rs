@@ -177,6 +177,9 @@ pub struct VoiceRelaySettings {
     pub stats_interval: Duration,
     /// The voice endpoint's tuning (send buffer, keep-alive, idle timeout).
     pub endpoint: EndpointConfig,
+    /// Nodes whose connections are closed at once (the operator's
+    /// blocklist, `blocked_peers` in the configuration).
+    pub blocked: std::collections::HashSet<tincan_mesh::PeerId>,
 }
 
 impl VoiceRelaySettings {
@@ -189,6 +192,7 @@ impl VoiceRelaySettings {
             handshake_timeout: Duration::from_secs(5),
             stats_interval: Duration::from_secs(60),
             endpoint: EndpointConfig::default(),
+            blocked: Default::default(),
         }
     }
 }
@@ -358,6 +362,13 @@ impl VoiceRelay {
         self.shared.stats()
     }
 
+    /// A reader of its counters that outlives this handle's borrow (for a
+    /// metrics collector).
+    pub fn stats_reader(&self) -> impl Fn() -> VoiceRelayStats + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move || shared.stats()
+    }
+
     /// Closes every connection and the socket.
     pub fn shutdown(&self) {
         self.endpoint.close();
@@ -497,6 +508,12 @@ async fn refuse(
 }
 
 async fn serve(shared: &Arc<Shared>, conn: VoiceConnection) {
+    if shared.settings.blocked.contains(&conn.peer_id()) {
+        shared.connections_refused.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(peer = %conn.peer_id(), "voice relay: a blocked node's connection closed");
+        conn.close();
+        return;
+    }
     let limit = shared.settings.handshake_timeout;
     let Some(Ok((mut send, mut recv))) = within(limit, conn.accept_control()).await else {
         shared.handshakes_failed.fetch_add(1, Ordering::Relaxed);

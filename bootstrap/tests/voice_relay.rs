@@ -549,3 +549,17 @@ async fn observe_returns_the_diallers_address() {
     let answer: Answer = read_message(&mut recv, 1024).await.unwrap();
     assert_eq!(answer, Answer::Observed(p.endpoint.local_addr().unwrap()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_node_is_closed_at_once() {
+    let blocked = player(7);
+    let mut s = settings();
+    s.blocked.insert(blocked.endpoint.peer_id());
+    let (relay, addr) = start(s);
+    assert!(observe_address(&blocked.endpoint, &addr).await.is_err());
+    assert_eq!(relay.stats().observed, 0);
+    assert_eq!(relay.stats().connections_refused, 1);
+    // Anyone else is served.
+    let other = player(8);
+    assert!(observe_address(&other.endpoint, &addr).await.is_ok());
+}

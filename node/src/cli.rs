@@ -120,6 +120,9 @@ pub enum Command {
         /// Most peers a voice channel's full mesh connects to directly; larger channels go through the voice relay
         #[arg(long, default_value_t = 16)]
         voice_mesh_limit: usize,
+        /// Serve Prometheus metrics at http://ADDR/metrics (off unless given; e.g. 127.0.0.1:9465)
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Voice: join or leave a channel, mute, deafen (acts on the running node)
     Voice {
@@ -534,6 +537,7 @@ pub(crate) fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
             voice_mesh_limit,
             api_port,
             api_listen,
+            metrics,
         } => {
             let voice = crate::voice::VoiceOptions {
                 listen: voice_listen,
@@ -558,6 +562,7 @@ pub(crate) fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
                 voice,
                 api_listen: Some(api_listen),
                 api_port,
+                metrics,
             };
             up(ctx, username, once, options)
         }

@@ -63,6 +63,8 @@ pub struct UpOptions {
     pub api_listen: Option<std::net::IpAddr>,
     /// Port of the local API (0: any free port).
     pub api_port: u16,
+    /// Where to serve Prometheus metrics (None: not served).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 fn multiaddrs(what: &str, list: &[String]) -> Result<Vec<tincan_mesh::Multiaddr>> {
@@ -93,6 +95,15 @@ fn mesh_config(node: &Node, options: &UpOptions) -> Result<tincan_mesh::MeshConf
     config.mdns = options.mdns;
     config.agent = format!("tincan/{}", env!("CARGO_PKG_VERSION"));
     Ok(config)
+}
+
+/// Aborts a task when dropped (the metrics endpoint stops with the node).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Runs the node until Ctrl-C or SIGTERM.
@@ -127,6 +138,24 @@ async fn serve(mut node: Node, options: UpOptions) -> Result<()> {
         eprintln!("Mesh listening on {a}/p2p/{}", mesh.peer_id());
     }
     tracing::info!(peer_id = %mesh.peer_id(), rooms = rooms.len(), "mesh started");
+    let _metrics = match options.metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot serve metrics on {addr}: choose another --metrics address")
+            })?;
+            eprintln!(
+                "Metrics on http://{}/metrics",
+                listener.local_addr().unwrap_or(addr)
+            );
+            let m = mesh.clone();
+            let render: std::sync::Arc<dyn Fn() -> String + Send + Sync> =
+                std::sync::Arc::new(move || m.metrics_text());
+            Some(AbortOnDrop(tokio::spawn(tincan_mesh::metrics::serve(
+                listener, render,
+            ))))
+        }
+        None => None,
+    };
     node.mesh = Some(crate::node::MeshLink {
         mesh: mesh.clone(),
         runtime: tokio::runtime::Handle::current(),

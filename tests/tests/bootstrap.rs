@@ -112,3 +112,57 @@ fn a_bad_configuration_is_one_clear_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An operator's blocklist: a blocked node gets no mesh connection to the
+/// bootstrap node, another node does (the voice relay's side of the
+/// blocklist is tested in bootstrap/tests/voice_relay.rs).
+#[test]
+fn a_blocked_node_gets_no_mesh_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = Tincan::new(&dir.path().join("alice"), "pw-a");
+    let bob = Tincan::new(&dir.path().join("bob"), "pw-b");
+    alice.ok(&["init", "--username", "alice"]);
+    bob.ok(&["init", "--username", "bob"]);
+    let alice_node = alice.json(&["id"])["node_id"].as_str().unwrap().to_owned();
+    let config = dir.path().join("bootstrap.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "key_file = {:?}\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nblocked_peers = [{alice_node:?}]\n\
+             [voice_relay]\nlisten = \"127.0.0.1:0\"\n[metrics]\nenabled = false\n",
+            dir.path().join("node.key").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(workspace_bin("tincan-bootstrap"))
+        .args(["--config", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let boot = tincan_tests::first_stdout_line(&mut child);
+    let _guard = Killed(child);
+    let boot_id = boot.rsplit("/p2p/").next().unwrap().to_owned();
+    let mut args = LOOPBACK_UP.to_vec();
+    args.extend(["--bootstrap", &boot]);
+    let _a = RunningNode::start(&alice, &args);
+    let _b = RunningNode::start(&bob, &args);
+    let has_boot = |t: &Tincan| {
+        t.json(&["peers"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["peer_id"] == boot_id.as_str())
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || has_boot(&bob).then_some(())).is_some(),
+        "bob never reached the bootstrap node"
+    );
+    // Alice keeps trying with backoff; within the time bob needed and more,
+    // she never holds a connection.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        assert!(!has_boot(&alice), "the blocked node got a connection");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use tincan_tests::netns::{Home, nat_lab, run_json, start_bootstrap, start_bootstrap_with};
+use tincan_tests::voice::{received_correlation, write_speech};
 use tincan_tests::{RunningNode, Tincan, eventually, netns_unavailable};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -22,38 +23,64 @@ fn skip() -> bool {
     false
 }
 
-/// One pair: alice creates a room, bob joins it by its id; returns how long
-/// from both `tincan up`s to bob holding the room, and the mesh path bob
-/// has to alice.
-fn pair(tag: &str, home_a: Home, home_b: Home) -> (Duration, String) {
+/// What one pair showed.
+struct PairResult {
+    /// From both `tincan up`s to bob holding alice's room.
+    room_after: Duration,
+    /// From both `tincan up`s to the first voice link.
+    voice_after: Duration,
+    /// bob's view of alice in `tincan peers`.
+    mesh_path: String,
+    /// The voice link's path at alice ("punched", "relayed", ...).
+    voice_path: String,
+    /// Median correlation of what bob heard with what alice said.
+    correlation: f64,
+}
+
+/// Seconds of speech alice plays in each pair.
+const SPEECH_S: f32 = 6.0;
+
+/// One pair: alice creates a room and a voice channel, bob joins the room
+/// by its id, both join the channel, alice speaks (a WAV microphone) and
+/// bob records (a WAV speaker).
+fn pair(tag: &str, home_a: Home, home_b: Home) -> PairResult {
     let prefix = format!("tn{tag}{}", std::process::id() % 10_000);
     let (ns, _hosts) = nat_lab(&prefix, home_a, home_b);
     let [boot, ns_a, ns_b] = [0, 1, 2].map(|i| ns.names[i].as_str());
     let dir = tempfile::tempdir().unwrap();
     let (_boot, boot_addr, voice_relay) = start_bootstrap(dir.path(), boot, "10.77.2.1");
+    let speech = dir.path().join("speech.wav");
+    let heard = dir.path().join("heard.wav");
+    let sent = write_speech(&speech, SPEECH_S);
     let alice = Tincan::new(&dir.path().join("alice"), "pw-a");
     let bob = Tincan::new(&dir.path().join("bob"), "pw-b");
     alice.ok(&["init", "--username", "alice"]);
     bob.ok(&["init", "--username", "bob"]);
-    // Exactly the README's player flags (and null audio devices: there is
-    // no sound card here).
-    let args = [
+    // Exactly the README's player flags, and WAV devices (there is no
+    // sound card here).
+    let input = format!("wav:{}", speech.display());
+    let output = format!("wav:{}", heard.display());
+    let readme = [
         "up",
         "--bootstrap",
         &boot_addr,
         "--voice-relay",
         &voice_relay,
-        "--input",
-        "null",
-        "--output",
-        "null",
     ];
+    let mut a_args = readme.to_vec();
+    a_args.extend(["--input", &input, "--output", "null"]);
+    let mut b_args = readme.to_vec();
+    b_args.extend(["--input", "null", "--output", &output]);
     let started = Instant::now();
-    let _a = RunningNode::start_in(&alice, Some(ns_a), &args);
-    let _b = RunningNode::start_in(&bob, Some(ns_b), &args);
+    let _a = RunningNode::start_in(&alice, Some(ns_a), &a_args);
+    let _b = RunningNode::start_in(&bob, Some(ns_b), &b_args);
     let in_a = |args: &[&str]| run_json(&alice, ns_a, args);
     let in_b = |args: &[&str]| run_json(&bob, ns_b, args);
     let room = in_a(&["room", "create", tag])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let channel = in_a(&["channel", "create", &room, "voice"])["channel"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -65,23 +92,58 @@ fn pair(tag: &str, home_a: Home, home_b: Home) -> (Duration, String) {
             .ok()?;
         out.status.success().then_some(())
     });
-    let took = started.elapsed();
+    let room_after = started.elapsed();
     let alice_id = alice.json(&["id"])["node_id"].as_str().unwrap().to_owned();
-    let peers = in_b(&["peers"]);
     assert!(
         joined.is_some(),
-        "{tag}: bob never got alice's room within {LIMIT:?}; bob's peers: {peers}"
+        "{tag}: bob never got alice's room within {LIMIT:?}; bob's peers: {}",
+        in_b(&["peers"])
     );
-    let path = peers
+    eventually(LIMIT, || {
+        (in_b(&["channel", "list", &room]).as_array()?.len() == 1
+            && in_a(&["room", "show", &room])["members"].as_array()?.len() == 2)
+            .then_some(())
+    })
+    .expect("room state did not converge");
+    in_b(&["voice", "join", &room, &channel]);
+    in_a(&["voice", "join", &room, &channel]);
+    let link = eventually(LIMIT, || {
+        let links = in_a(&["status"])["links"].as_array()?.clone();
+        links
+            .first()
+            .map(|l| l["path"].as_str().unwrap_or("?").to_owned())
+    })
+    .unwrap_or_else(|| panic!("{tag}: no voice link: {}", in_a(&["status"])));
+    let voice_after = started.elapsed();
+    // Let the speech play through (from alice's voice join on), then read
+    // the path each side has now: a relay fallback may have come after the
+    // first link.
+    std::thread::sleep(Duration::from_secs_f32(SPEECH_S + 1.5));
+    let status = in_a(&["status"]);
+    let voice_path = status["links"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["path"] != "relayed").or(l.first()))
+        .map(|l| l["path"].as_str().unwrap_or("?").to_owned())
+        .unwrap_or(link);
+    let mesh_path = in_b(&["peers"])
         .as_array()
         .and_then(|p| p.iter().find(|p| p["peer_id"] == alice_id.as_str()))
-        .map(|p| p.to_string())
+        .map(|p| p["path"].as_str().unwrap_or("?").to_owned())
         .unwrap_or_else(|| "not connected".into());
-    (took, path)
+    in_b(&["voice", "leave"]);
+    in_a(&["voice", "leave"]);
+    let (correlation, _) = received_correlation(&sent, &heard, 4.0);
+    PairResult {
+        room_after,
+        voice_after,
+        mesh_path,
+        voice_path,
+        correlation,
+    }
 }
 
 #[test]
-fn every_pair_of_homes_gets_the_room_with_the_readme_flags() {
+fn every_pair_of_homes_gets_the_room_and_talks_with_the_readme_flags() {
     if skip() {
         return;
     }
@@ -90,33 +152,45 @@ fn every_pair_of_homes_gets_the_room_with_the_readme_flags() {
         for b in Home::ALL.into_iter().skip(i) {
             let tag = format!("{}{}", i, Home::ALL.iter().position(|h| *h == b).unwrap());
             let result = std::panic::catch_unwind(|| pair(&tag, a, b));
+            let (a_name, b_name) = (a.name(), b.name());
             match result {
-                Ok((took, path)) => {
+                Ok(r) => {
                     println!(
-                        "FIGURE nat_matrix {} x {}: room at bob {took:?} after start; mesh path {path}",
-                        a.name(),
-                        b.name()
+                        "FIGURE nat_matrix {a_name} x {b_name}: mesh {} (room at bob {:.1} s after start), voice {} (first link {:.1} s after start), correlation {:.2}",
+                        r.mesh_path,
+                        r.room_after.as_secs_f64(),
+                        r.voice_path,
+                        r.voice_after.as_secs_f64(),
+                        r.correlation
                     );
                     // Direct where either side is public or neither maps per
-                    // destination (DCUtR punches); relayed only where a
-                    // symmetric NAT meets a side that filters.
+                    // destination (punched); relayed only where a symmetric
+                    // NAT meets a side that filters.
                     let direct = a == Home::Public
                         || b == Home::Public
                         || !(a.maps_per_destination() || b.maps_per_destination());
-                    let want = if direct {
-                        "\"path\":\"direct\""
-                    } else {
-                        "\"path\":\"relayed\""
-                    };
-                    if !path.contains(want) {
+                    let want_mesh = if direct { "direct" } else { "relayed" };
+                    if r.mesh_path != want_mesh {
                         failures.push(format!(
-                            "{} x {}: mesh path {path}, expected {want}",
-                            a.name(),
-                            b.name()
+                            "{a_name} x {b_name}: mesh {}, expected {want_mesh}",
+                            r.mesh_path
+                        ));
+                    }
+                    if direct == (r.voice_path == "relayed") {
+                        failures.push(format!(
+                            "{a_name} x {b_name}: voice {}, expected {}",
+                            r.voice_path,
+                            if direct { "a direct path" } else { "relayed" }
+                        ));
+                    }
+                    if r.correlation <= 0.5 {
+                        failures.push(format!(
+                            "{a_name} x {b_name}: bob did not hear alice (correlation {:.2})",
+                            r.correlation
                         ));
                     }
                 }
-                Err(_) => failures.push(format!("{} x {}", a.name(), b.name())),
+                Err(_) => failures.push(format!("{a_name} x {b_name}: failed (see above)")),
             }
         }
     }

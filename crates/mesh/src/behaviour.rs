@@ -20,6 +20,7 @@ use tincan_core::RoomId;
 
 use crate::config::MeshConfig;
 use crate::error::StartError;
+use crate::metrics::Registry;
 use crate::protocol::{SYNC_PROTOCOL, SyncCodec};
 
 /// Kademlia's protocol name: tincan's own DHT, apart from the public IPFS one.
@@ -207,6 +208,15 @@ pub fn keypair(seed: &[u8; 32]) -> Result<Keypair, StartError> {
 /// Builds the swarm (TCP and QUIC, DNS, relay client, all behaviours) for
 /// `cfg`. It does not listen or dial yet. Needs a tokio runtime.
 pub fn build_swarm(cfg: &MeshConfig) -> Result<Swarm<Behaviour>, StartError> {
+    build_swarm_with_metrics(cfg, &mut Registry::default())
+}
+
+/// [`build_swarm`], counting bytes in and out per protocol stack into
+/// `registry`.
+pub fn build_swarm_with_metrics(
+    cfg: &MeshConfig,
+    registry: &mut Registry,
+) -> Result<Swarm<Behaviour>, StartError> {
     let key = keypair(&cfg.node_key_seed)?;
     if let Some(delay) = cfg.emulated_link_delay {
         return build_delayed_swarm(key, cfg, delay);
@@ -226,6 +236,7 @@ pub fn build_swarm(cfg: &MeshConfig) -> Result<Swarm<Behaviour>, StartError> {
         .map_err(|e| build(&e))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| build(&e))?
+        .with_bandwidth_metrics(registry)
         .with_behaviour(
             |key, relay_client| match behaviour(key, relay_client, cfg) {
                 Ok(b) => Ok(b),

@@ -28,6 +28,7 @@ pub mod behaviour;
 pub mod config;
 pub mod delay;
 pub mod error;
+pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod rate;

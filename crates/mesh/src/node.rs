@@ -48,11 +48,12 @@ use tincan_store::{Applied, Store};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::behaviour::{
-    Behaviour, BehaviourEvent, KAD_PROTOCOL, build_swarm, profiles_topic, room_topic,
+    Behaviour, BehaviourEvent, KAD_PROTOCOL, build_swarm_with_metrics, profiles_topic, room_topic,
     topic_score_params, voice_topic,
 };
 use crate::config::{Limits, MeshConfig};
 use crate::error::{DialError, PublishError, StartError, Stopped, SubscribeError};
+use crate::metrics::{self, Registry, Sample};
 use crate::protocol::{SYNC_PROTOCOL, Scope, SyncItem, SyncRequest, SyncResponse};
 use crate::rate::{FairSlots, RateLimiter};
 use crate::reach::{self, Reach, ReachAction};
@@ -242,6 +243,7 @@ pub struct Mesh {
     commands: mpsc::Sender<Command>,
     signals: tokio::sync::broadcast::Sender<Signal>,
     task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    registry: Arc<Registry>,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -257,7 +259,26 @@ impl Mesh {
     /// relays, and runs the node on the current tokio runtime (call it from
     /// within one).
     pub async fn start(config: MeshConfig, store: Arc<Store>) -> Result<Mesh, StartError> {
-        let mut swarm = build_swarm(&config)?;
+        Self::start_with_registry(config, store, Registry::default()).await
+    }
+
+    /// [`Mesh::start`] with a registry that already holds other metrics
+    /// (a bootstrap node's voice relay, say): [`Mesh::metrics_text`] then
+    /// renders them all, in one exposition.
+    pub async fn start_with_registry(
+        config: MeshConfig,
+        store: Arc<Store>,
+        mut registry: Registry,
+    ) -> Result<Mesh, StartError> {
+        let mut swarm = build_swarm_with_metrics(&config, &mut registry)?;
+        let libp2p_metrics = libp2p::metrics::Metrics::new(&mut registry);
+        let snapshot = Arc::new(std::sync::Mutex::new(Snapshot::default()));
+        {
+            let snapshot = snapshot.clone();
+            registry.register_collector(Box::new(metrics::Snapshot::new(move || {
+                lock(&snapshot).samples()
+            })));
+        }
         let peer_id = *swarm.local_peer_id();
         for addr in &config.listen_addrs {
             swarm
@@ -346,6 +367,8 @@ impl Mesh {
             last_announce: None,
             voice_topics: HashMap::new(),
             signals: signals.clone(),
+            libp2p_metrics,
+            snapshot,
         };
         tokio::spawn(writer(
             store.clone(),
@@ -360,12 +383,22 @@ impl Mesh {
             commands,
             signals,
             task: Arc::new(std::sync::Mutex::new(Some(task))),
+            registry: Arc::new(registry),
         })
     }
 
     /// This node's PeerId.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// The node's metrics in the OpenMetrics text format (serve them with
+    /// [`crate::metrics::serve`]): libp2p's (connections, bytes per
+    /// protocol stack, gossipsub, Kademlia, identify, ping, relay, DCUtR)
+    /// and tincan's (`tincan_mesh_*`: gossip verdicts, sync, peers by path,
+    /// relay reservations, rooms).
+    pub fn metrics_text(&self) -> String {
+        metrics::render(&self.registry)
     }
 
     /// The store the node applies records to.
@@ -678,6 +711,109 @@ struct Driver {
     /// The voice topics of followed rooms.
     voice_topics: HashMap<TopicHash, RoomId>,
     signals: tokio::sync::broadcast::Sender<Signal>,
+    /// libp2p's own metrics, fed every swarm and behaviour event.
+    libp2p_metrics: libp2p::metrics::Metrics,
+    /// What the `tincan_mesh_*` metrics read at each scrape, refreshed at
+    /// every reach tick.
+    snapshot: Arc<std::sync::Mutex<Snapshot>>,
+}
+
+/// The counters and gauges of `tincan_mesh_*`, as last copied from the
+/// swarm task.
+#[derive(Clone, Debug, Default)]
+struct Snapshot {
+    stats: MeshStats,
+    peers_direct: usize,
+    peers_relayed: usize,
+    reservations: usize,
+    rooms: usize,
+}
+
+impl Snapshot {
+    fn samples(&self) -> Vec<Sample> {
+        let s = &self.stats;
+        let verdicts = "Gossip messages by verdict: accepted and forwarded, rejected (sender penalised), ignored";
+        let syncs = "Outbound catch-up sync sessions";
+        vec![
+            Sample::counter("tincan_mesh_gossip_messages", verdicts, s.gossip_accepted)
+                .with_label("verdict", "accepted"),
+            Sample::counter("tincan_mesh_gossip_messages", verdicts, s.gossip_rejected)
+                .with_label("verdict", "rejected"),
+            Sample::counter("tincan_mesh_gossip_messages", verdicts, s.gossip_ignored)
+                .with_label("verdict", "ignored"),
+            Sample::counter(
+                "tincan_mesh_rate_limited",
+                "Gossip messages dropped by the per-peer or per-author rate limit",
+                s.rate_limited,
+            ),
+            Sample::counter(
+                "tincan_mesh_writer_queue_full",
+                "Jobs dropped because the store writer's queue was full",
+                s.queue_full,
+            ),
+            Sample::counter("tincan_mesh_syncs", syncs, s.syncs_started)
+                .with_label("event", "started"),
+            Sample::counter("tincan_mesh_syncs", syncs, s.syncs_completed)
+                .with_label("event", "completed"),
+            Sample::counter("tincan_mesh_syncs", syncs, s.syncs_dropped)
+                .with_label("event", "dropped"),
+            Sample::counter(
+                "tincan_mesh_synced_records",
+                "Records received by catch-up sync, by outcome",
+                s.synced_records,
+            )
+            .with_label("outcome", "stored"),
+            Sample::counter(
+                "tincan_mesh_synced_records",
+                "Records received by catch-up sync, by outcome",
+                s.synced_rejected,
+            )
+            .with_label("outcome", "refused"),
+            Sample::counter(
+                "tincan_mesh_sync_refused_busy",
+                "Inbound sync requests refused because too many were being answered",
+                s.sync_refused_busy,
+            ),
+            Sample::counter(
+                "tincan_mesh_sync_lies",
+                "Sync sessions ended because the peer broke the protocol",
+                s.sync_lies,
+            ),
+            Sample::counter(
+                "tincan_mesh_sync_over_budget",
+                "Sync answers cut short by the per-peer or per-author sync budget",
+                s.sync_over_budget,
+            ),
+            Sample::gauge(
+                "tincan_mesh_peers",
+                "Connected peers by path",
+                self.peers_direct as f64,
+            )
+            .with_label("path", "direct"),
+            Sample::gauge(
+                "tincan_mesh_peers",
+                "Connected peers by path",
+                self.peers_relayed as f64,
+            )
+            .with_label("path", "relayed"),
+            Sample::gauge(
+                "tincan_mesh_relay_reservations",
+                "Relay reservations this node holds",
+                self.reservations as f64,
+            ),
+            Sample::gauge(
+                "tincan_mesh_rooms",
+                "Rooms this node follows",
+                self.rooms as f64,
+            ),
+        ]
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere while holding it is a bug already reported; a
+    // snapshot of counters stays usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Least time between re-announcements of the followed rooms triggered by
@@ -983,6 +1119,8 @@ impl Driver {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        use libp2p::metrics::Recorder;
+        self.libp2p_metrics.record(&event);
         match event {
             SwarmEvent::NewListenAddr {
                 address,
@@ -1130,9 +1268,24 @@ impl Driver {
         }
     }
 
-    /// Carries out the reach planner's decisions.
+    /// Carries out the reach planner's decisions (and refreshes what the
+    /// metrics read).
     fn drive_reach(&mut self) {
         let now = Instant::now();
+        {
+            let relayed = self
+                .peers
+                .values()
+                .filter(|p| matches!(p.best(), Some((_, true))))
+                .count();
+            let reservations = self.reach.reservations();
+            let mut snap = lock(&self.snapshot);
+            snap.stats = self.stats.clone();
+            snap.peers_relayed = relayed;
+            snap.peers_direct = self.peers.len() - relayed;
+            snap.reservations = reservations;
+            snap.rooms = self.rooms.len();
+        }
         for action in self.reach.poll(now) {
             match action {
                 ReachAction::DialBootstrap { peer, addrs } => {
@@ -1276,6 +1429,16 @@ impl Driver {
     }
 
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        use libp2p::metrics::Recorder;
+        match &event {
+            BehaviourEvent::Gossipsub(e) => self.libp2p_metrics.record(e),
+            BehaviourEvent::Kademlia(e) => self.libp2p_metrics.record(e),
+            BehaviourEvent::Identify(e) => self.libp2p_metrics.record(e),
+            BehaviourEvent::Ping(e) => self.libp2p_metrics.record(e),
+            BehaviourEvent::RelayServer(e) => self.libp2p_metrics.record(e),
+            BehaviourEvent::Dcutr(e) => self.libp2p_metrics.record(e),
+            _ => {}
+        }
         match event {
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,

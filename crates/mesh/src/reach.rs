@@ -483,6 +483,14 @@ impl Reach {
         self.relays.values().filter(|r| r.offers).map(|r| &r.addr)
     }
 
+    /// How many relay reservations are held now.
+    pub fn reservations(&self) -> usize {
+        self.relays
+            .values()
+            .filter(|r| r.slot == Slot::Reserved)
+            .count()
+    }
+
     /// Whether a reservation on `relay` is held now.
     pub fn reserved_on(&self, relay: &PeerId) -> bool {
         self.relays
