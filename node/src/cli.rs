@@ -229,6 +229,9 @@ pub enum RoomAction {
         /// Only rooms you own or have joined
         #[arg(long)]
         mine: bool,
+        /// The open rooms of the nodes on this LAN (found by mDNS), asked now
+        #[arg(long, conflicts_with = "mine")]
+        nearby: bool,
     },
     /// Show a room with its members and channels
     Show {
@@ -1014,7 +1017,57 @@ fn room_command(ctx: &Ctx, action: RoomAction) -> Result<()> {
             ctx.print(room_json(&view), || format!("created room {id}  {title}"));
             Ok(())
         }
-        RoomAction::List { mine } => {
+        RoomAction::List { nearby: true, .. } => {
+            let node = ctx.unlock_running()?;
+            let Some(link) = node.mesh.clone() else {
+                bail!(
+                    "no node is running on {}: start it with `tincan up` (the LAN is asked by the running node)",
+                    ctx.dir.root().display()
+                );
+            };
+            let rooms = link.runtime.block_on(
+                link.mesh
+                    .nearby_rooms(std::time::Duration::from_millis(1500)),
+            )?;
+            ctx.print(
+                json!(
+                    rooms
+                        .iter()
+                        .map(|r| json!({
+                            "id": r.id.to_hex(),
+                            "title": r.title,
+                            "owner": r.owner.to_hex(),
+                            "owner_fingerprint": r.owner.fingerprint().to_string(),
+                            "owner_name": r.owner_name,
+                            "members": r.members,
+                            "via": r.via.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                        }))
+                        .collect::<Vec<_>>()
+                ),
+                || {
+                    if rooms.is_empty() {
+                        return "no open rooms on this LAN (nodes are found by mDNS)".into();
+                    }
+                    rooms
+                        .iter()
+                        .map(|r| {
+                            format!(
+                                "{}  {}  (owner {} {}, {} members)  join: tincan room join {}",
+                                r.id,
+                                r.title,
+                                r.owner_name.as_deref().unwrap_or("?"),
+                                r.owner.fingerprint(),
+                                r.members,
+                                r.id
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            );
+            Ok(())
+        }
+        RoomAction::List { mine, .. } => {
             let rooms = if mine {
                 let node = ctx.unlock()?;
                 node.store.rooms_of_user(&node.user_key().id())?

@@ -128,6 +128,8 @@ pub(crate) fn document() -> Value {
             "/v1/status": {"get": op("node status: user, PeerId, uptime, peers, voice", "status", "200", obj.clone(), json!({}))},
             "/v1/peers": {"get": op("mesh peers, with voice path and link statistics when known", "peers", "200",
                 json!({"type": "object", "required": ["peers"], "properties": {"peers": {"type": "array", "items": {"type": "object"}}}}), json!({}))},
+            "/v1/rooms/nearby": {"get": op("open rooms that nodes on this LAN (mDNS) follow, asked now", "nearbyRooms", "200",
+                json!({"type": "object", "required": ["rooms"], "properties": {"rooms": {"type": "array", "items": {"type": "object", "required": ["objectId", "title", "owner", "members", "via"]}}}}), json!({}))},
             "/v1/voice/status": {"get": voice_op("voice status", "voiceStatus", json!({"$ref": "#/components/schemas/VoiceStatus"}), json!({}))},
             "/v1/voice/presence": {"post": voice_op("who is in which voice channel of a room", "voicePresence",
                 json!({"type": "object", "required": ["room", "channels"], "properties": {"room": {"type": "string"}, "channels": {"type": "array", "items": {"type": "object", "required": ["channel", "users"], "properties": {"channel": {"type": "string"}, "users": {"type": "array", "items": {"type": "string"}}}}}}}),

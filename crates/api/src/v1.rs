@@ -36,6 +36,7 @@ pub(crate) fn routes() -> Router<ApiState> {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
+        .route("/v1/rooms/nearby", get(nearby_rooms))
         .route("/v1/voice/status", get(voice_status))
         .route("/v1/voice/presence", post(voice_presence))
         .route("/v1/voice/join", post(voice_join))
@@ -232,6 +233,34 @@ async fn status(State(state): State<ApiState>, req: Request) -> Response {
         out["peers"] = json!(0);
     }
     reply(Ok(out))
+}
+
+/// The open rooms of the nodes on this LAN (mDNS), asked now; at most
+/// 1.5 s. Each entry's Room record was signed by its owner and checked.
+async fn nearby_rooms(State(state): State<ApiState>, req: Request) -> Response {
+    let _ = with_session!(state, req);
+    let Some(mesh) = &state.inner.mesh else {
+        return reply(Ok(json!({"rooms": []})));
+    };
+    let rooms = mesh
+        .nearby_rooms(std::time::Duration::from_millis(1500))
+        .await
+        .unwrap_or_default();
+    let list: Vec<Value> = rooms
+        .iter()
+        .map(|r| {
+            json!({
+                "objectId": r.id.to_hex(),
+                "title": r.title,
+                "owner": r.owner.to_hex(),
+                "ownerFingerprint": r.owner.fingerprint().to_string(),
+                "ownerName": r.owner_name,
+                "members": r.members,
+                "via": r.via.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    reply(Ok(json!({"rooms": list})))
 }
 
 async fn peers(State(state): State<ApiState>, req: Request) -> Response {

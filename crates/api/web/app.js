@@ -187,6 +187,34 @@ async function joinRoom(ev) {
   } catch (e) { showError('rooms-error', e); }
 }
 
+// Open rooms that nodes on this LAN follow (found by mDNS): joined with
+// one click, no id typed. Refreshed every few seconds while signed in.
+async function loadNearby() {
+  if (!state.token) return;
+  let rooms = [];
+  try { rooms = (await api('GET', '/v1/rooms/nearby')).rooms || []; } catch { return; }
+  const mine = new Set([...(state.rooms?.values() || [])].filter(isMember).map((r) => r.objectId));
+  const list = $('nearby-list');
+  const shown = rooms.filter((r) => !mine.has(r.objectId));
+  if (!shown.length) { list.replaceChildren(h('li', { class: 'empty' }, 'No other open rooms on this LAN.')); return; }
+  list.replaceChildren(...shown.map((r) => h('li', {},
+    h('span', {}, `${r.title} (${r.ownerName || 'owner'} ${r.ownerFingerprint}, ${r.members} members) `),
+    h('button', { type: 'button', 'aria-label': `Join ${r.title}`, onclick: () => joinById(r.objectId) }, 'Join'))));
+}
+
+async function joinById(id) {
+  showError('rooms-error', null);
+  try {
+    await api('PUT', `/parse/classes/Room/${id}`, {
+      members: { __op: 'AddUnique', objects: [pointer('_User', state.me.objectId)] },
+    });
+    state.selected = id;
+    await loadRooms();
+    await addLog('joined the room');
+    await loadNearby();
+  } catch (e) { showError('rooms-error', e); }
+}
+
 async function leaveRoom(id) {
   try {
     if (state.selected === id) await addLog('left the room');
@@ -547,6 +575,7 @@ setInterval(() => {
 $('auth-form').addEventListener('submit', authSubmit);
 $('create-room-form').addEventListener('submit', createRoom);
 $('join-room-form').addEventListener('submit', joinRoom);
+setInterval(loadNearby, 4000);
 $('profile-form').addEventListener('submit', saveProfile);
 wireVoiceControls();
 if (state.token) start(); else showAuth();

@@ -21,7 +21,7 @@ use tincan_core::RoomId;
 use crate::config::MeshConfig;
 use crate::error::StartError;
 use crate::metrics::Registry;
-use crate::protocol::{SYNC_PROTOCOL, SyncCodec};
+use crate::protocol::{DIRECTORY_PROTOCOL, DirectoryCodec, SYNC_PROTOCOL, SyncCodec};
 
 /// Kademlia's protocol name: tincan's own DHT, apart from the public IPFS one.
 pub const KAD_PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/tincan/kad/1");
@@ -42,7 +42,7 @@ mod composed {
         relay, request_response,
     };
 
-    use crate::protocol::SyncCodec;
+    use crate::protocol::{DirectoryCodec, SyncCodec};
 
     /// Every protocol a tincan node speaks.
     #[derive(NetworkBehaviour)]
@@ -55,6 +55,7 @@ mod composed {
         pub kademlia: kad::Behaviour<MemoryStore>,
         pub gossipsub: gossipsub::Behaviour,
         pub sync: request_response::Behaviour<SyncCodec>,
+        pub directory: request_response::Behaviour<DirectoryCodec>,
         pub autonat: autonat::Behaviour,
         pub relay_client: relay::client::Behaviour,
         pub relay_server: Toggle<relay::Behaviour>,
@@ -170,6 +171,13 @@ fn behaviour(
             .with_request_timeout(cfg.limits.sync_request_timeout)
             .with_max_concurrent_streams(cfg.limits.max_inbound_syncs.max(1) * 2),
     );
+    let directory = request_response::Behaviour::with_codec(
+        DirectoryCodec,
+        [(DIRECTORY_PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(std::time::Duration::from_secs(5))
+            .with_max_concurrent_streams(8),
+    );
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established(Some(cfg.limits.max_connections))
         .with_max_pending_incoming(Some(cfg.limits.max_connections / 4 + 1))
@@ -189,6 +197,7 @@ fn behaviour(
         kademlia,
         gossipsub: gossipsub(key, cfg)?,
         sync,
+        directory,
         autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
         relay_client,
         relay_server: cfg

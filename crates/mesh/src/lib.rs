@@ -40,6 +40,6 @@ pub use config::{Limits, MeshConfig, RelayLimits};
 pub use error::{DialError, PublishError, StartError, Stopped, SubscribeError};
 pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId};
-pub use node::{MAX_SIGNAL_BYTES, Mesh, MeshStats, PeerInfo, PeerPath, Signal};
+pub use node::{MAX_SIGNAL_BYTES, Mesh, MeshStats, NearbyRoom, PeerInfo, PeerPath, Signal};
 pub use rate::Rate;
 pub use reconcile::ReconcileConfig;

@@ -54,7 +54,10 @@ use crate::behaviour::{
 use crate::config::{Limits, MeshConfig};
 use crate::error::{DialError, PublishError, StartError, Stopped, SubscribeError};
 use crate::metrics::{self, Registry, Sample};
-use crate::protocol::{SYNC_PROTOCOL, Scope, SyncItem, SyncRequest, SyncResponse};
+use crate::protocol::{
+    DirectoryEntry, DirectoryRequest, DirectoryResponse, MAX_DIRECTORY_ROOMS, SYNC_PROTOCOL, Scope,
+    SyncItem, SyncRequest, SyncResponse,
+};
 use crate::rate::{FairSlots, RateLimiter};
 use crate::reach::{self, Reach, ReachAction};
 use crate::reconcile::{self, ReconcileConfig, Session};
@@ -174,8 +177,42 @@ enum Command {
         bytes: Vec<u8>,
         reply: oneshot::Sender<Result<bool, String>>,
     },
+    NearbyRooms {
+        wait: Duration,
+        reply: oneshot::Sender<Vec<NearbyRoom>>,
+    },
     Shutdown,
 }
+
+/// An open room a node on the LAN follows, as its directory answer said:
+/// the Room record is signed by its owner and checked here; the member
+/// count is the answering node's word.
+#[derive(Clone, Debug)]
+pub struct NearbyRoom {
+    /// The room.
+    pub id: RoomId,
+    /// Its title.
+    pub title: String,
+    /// Its owner.
+    pub owner: UserId,
+    /// The owner's name, if the answering node had their profile (signed).
+    pub owner_name: Option<String>,
+    /// Joined members, as the answering node counts them.
+    pub members: u32,
+    /// The peers on the LAN that follow it.
+    pub via: Vec<PeerId>,
+}
+
+/// A directory query in flight: the peers asked, what came back.
+struct NearbyQuery {
+    deadline: Instant,
+    waiting: HashSet<OutboundRequestId>,
+    found: Vec<NearbyRoom>,
+    reply: oneshot::Sender<Vec<NearbyRoom>>,
+}
+
+/// Peers found by mDNS remembered as "on the LAN" at most.
+const MAX_LAN_PEERS: usize = 256;
 
 /// Largest voice signal the mesh carries. A signal names a user, a channel
 /// and a handful of socket addresses: a few hundred bytes.
@@ -231,6 +268,10 @@ enum Internal {
         peer: PeerId,
         channel: ResponseChannel<SyncResponse>,
         response: SyncResponse,
+    },
+    DirectoryAnswer {
+        channel: ResponseChannel<DirectoryResponse>,
+        response: DirectoryResponse,
     },
 }
 
@@ -369,6 +410,8 @@ impl Mesh {
             signals: signals.clone(),
             libp2p_metrics,
             snapshot,
+            lan_peers: HashSet::new(),
+            nearby: Vec::new(),
         };
         tokio::spawn(writer(
             store.clone(),
@@ -478,6 +521,12 @@ impl Mesh {
         self.ask(|reply| Command::PublishSignal { room, bytes, reply })
             .await?
             .map_err(PublishError::Gossip)
+    }
+
+    /// The open rooms that nodes on the LAN (found by mDNS) follow, asked
+    /// of each of them now; waits at most `wait` for their answers.
+    pub async fn nearby_rooms(&self, wait: Duration) -> Result<Vec<NearbyRoom>, Stopped> {
+        self.ask(|reply| Command::NearbyRooms { wait, reply }).await
     }
 
     /// Voice signals from peers of the followed rooms, from now on.
@@ -711,6 +760,11 @@ struct Driver {
     /// The voice topics of followed rooms.
     voice_topics: HashMap<TopicHash, RoomId>,
     signals: tokio::sync::broadcast::Sender<Signal>,
+    /// Peers found by mDNS: the ones asked for, and answered with, the
+    /// LAN room directory.
+    lan_peers: HashSet<PeerId>,
+    /// Directory queries in flight.
+    nearby: Vec<NearbyQuery>,
     /// libp2p's own metrics, fed every swarm and behaviour event.
     libp2p_metrics: libp2p::metrics::Metrics,
     /// What the `tincan_mesh_*` metrics read at each scrape, refreshed at
@@ -1004,7 +1058,109 @@ impl Driver {
                 }
                 let _ = reply.send(());
             }
+            Command::NearbyRooms { wait, reply } => {
+                let peers: Vec<PeerId> = self
+                    .lan_peers
+                    .iter()
+                    .filter(|p| self.swarm.is_connected(p))
+                    .copied()
+                    .collect();
+                if peers.is_empty() {
+                    let _ = reply.send(Vec::new());
+                    return;
+                }
+                let waiting = peers
+                    .iter()
+                    .map(|p| {
+                        self.swarm
+                            .behaviour_mut()
+                            .directory
+                            .send_request(p, DirectoryRequest::OpenRooms)
+                    })
+                    .collect();
+                self.nearby.push(NearbyQuery {
+                    deadline: Instant::now() + wait,
+                    waiting,
+                    found: Vec::new(),
+                    reply,
+                });
+            }
             Command::Shutdown => {}
+        }
+    }
+
+    /// Answers a LAN peer's directory request (on a blocking thread: it
+    /// reads the store), refuses anyone else.
+    fn answer_directory(&mut self, peer: PeerId, channel: ResponseChannel<DirectoryResponse>) {
+        if !self.lan_peers.contains(&peer) {
+            let _ = self.swarm.behaviour_mut().directory.send_response(
+                channel,
+                DirectoryResponse::Refused {
+                    reason: "the room directory is for nodes on this LAN (found by mDNS)".into(),
+                },
+            );
+            return;
+        }
+        let store = self.store.clone();
+        let rooms: Vec<RoomId> = self.rooms.iter().copied().collect();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let response = tokio::task::spawn_blocking(move || directory_answer(&store, &rooms))
+                .await
+                .unwrap_or_else(|e| DirectoryResponse::Refused {
+                    reason: format!("internal error: {e}"),
+                });
+            let _ = tx
+                .send(Internal::DirectoryAnswer { channel, response })
+                .await;
+        });
+    }
+
+    /// A directory answer (or failure) for a query in flight.
+    fn on_directory_answer(
+        &mut self,
+        id: OutboundRequestId,
+        peer: PeerId,
+        answer: Option<DirectoryResponse>,
+    ) {
+        let Some(i) = self.nearby.iter().position(|q| q.waiting.contains(&id)) else {
+            return;
+        };
+        let q = &mut self.nearby[i];
+        q.waiting.remove(&id);
+        if let Some(DirectoryResponse::Rooms(entries)) = answer {
+            for e in entries.into_iter().take(MAX_DIRECTORY_ROOMS) {
+                let Some(room) = nearby_room(&e, peer) else {
+                    tracing::debug!(%peer, "a directory answer carried a record that does not check");
+                    continue;
+                };
+                match q.found.iter_mut().find(|r| r.id == room.id) {
+                    Some(known) => {
+                        if !known.via.contains(&peer) {
+                            known.via.push(peer);
+                        }
+                        known.members = known.members.max(room.members);
+                    }
+                    None => q.found.push(room),
+                }
+            }
+        }
+        if q.waiting.is_empty() {
+            let q = self.nearby.swap_remove(i);
+            let _ = q.reply.send(q.found);
+        }
+    }
+
+    /// Answers directory queries whose time is up with what they have.
+    fn expire_nearby(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.nearby.len() {
+            if now >= self.nearby[i].deadline {
+                let q = self.nearby.swap_remove(i);
+                let _ = q.reply.send(q.found);
+            } else {
+                i += 1;
+            }
         }
     }
 
@@ -1272,6 +1428,7 @@ impl Driver {
     /// metrics read).
     fn drive_reach(&mut self) {
         let now = Instant::now();
+        self.expire_nearby(now);
         {
             let relayed = self
                 .peers
@@ -1456,6 +1613,31 @@ impl Driver {
                 }
             }
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            BehaviourEvent::Directory(event) => match event {
+                request_response::Event::Message {
+                    peer,
+                    message: request_response::Message::Request { channel, .. },
+                    ..
+                } => self.answer_directory(peer, channel),
+                request_response::Event::Message {
+                    peer,
+                    message:
+                        request_response::Message::Response {
+                            request_id,
+                            response,
+                        },
+                    ..
+                } => self.on_directory_answer(request_id, peer, Some(response)),
+                request_response::Event::OutboundFailure {
+                    peer, request_id, ..
+                } => self.on_directory_answer(request_id, peer, None),
+                _ => {}
+            },
+            BehaviourEvent::Mdns(mdns::Event::Expired(gone)) => {
+                for (peer, _) in gone {
+                    self.lan_peers.remove(&peer);
+                }
+            }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let syncs = info.protocols.contains(&SYNC_PROTOCOL);
                 if info.protocols.contains(&libp2p::relay::HOP_PROTOCOL_NAME) {
@@ -1555,6 +1737,11 @@ impl Driver {
                 let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
                 for (peer, addr) in found {
                     by_peer.entry(peer).or_default().push(addr);
+                }
+                for peer in by_peer.keys() {
+                    if self.lan_peers.len() < MAX_LAN_PEERS {
+                        self.lan_peers.insert(*peer);
+                    }
                 }
                 for (peer, mut addrs) in by_peer {
                     if self.swarm.is_connected(&peer) {
@@ -1772,6 +1959,13 @@ impl Driver {
                     }
                     _ => self.start_queued(),
                 }
+            }
+            Internal::DirectoryAnswer { channel, response } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .directory
+                    .send_response(channel, response);
             }
             Internal::Answer {
                 peer,
@@ -2027,6 +2221,72 @@ impl Driver {
                 .await;
         });
     }
+}
+
+/// The open rooms of `followed` this node holds, for a directory answer.
+fn directory_answer(store: &Store, followed: &[RoomId]) -> DirectoryResponse {
+    let mut entries = Vec::new();
+    for room in followed {
+        if entries.len() >= MAX_DIRECTORY_ROOMS {
+            break;
+        }
+        let Ok(Some(view)) = store.room(room) else {
+            continue;
+        };
+        if view.room.settings.join_policy != tincan_core::JoinPolicy::Open {
+            continue;
+        }
+        let Ok(Some(record)) = store.record(&view.record) else {
+            continue;
+        };
+        let owner_profile = store
+            .profile(&view.owner)
+            .ok()
+            .flatten()
+            .and_then(|p| store.record(&p.record).ok().flatten())
+            .map(|r| r.to_bytes());
+        let members = store
+            .members(room)
+            .map(|m| m.iter().filter(|m| m.membership.is_member()).count() as u32)
+            .unwrap_or(0);
+        entries.push(DirectoryEntry {
+            room: record.to_bytes(),
+            owner_profile,
+            members,
+        });
+    }
+    DirectoryResponse::Rooms(entries)
+}
+
+/// A directory entry checked: a Room record signed by its owner, and the
+/// owner's own profile if there is one.
+fn nearby_room(e: &DirectoryEntry, via: PeerId) -> Option<NearbyRoom> {
+    let record = SignedRecord::from_bytes(&e.room).ok()?;
+    let tincan_core::Body::Room(room) = &record.record().body else {
+        return None;
+    };
+    if tincan_core::rules::check_standalone(record.record()).is_err() {
+        return None;
+    }
+    let owner = record.record().author;
+    let owner_name = e
+        .owner_profile
+        .as_ref()
+        .and_then(|b| SignedRecord::from_bytes(b).ok())
+        .and_then(|p| match &p.record().body {
+            tincan_core::Body::Profile(profile) if p.record().author == owner => {
+                Some(profile.username.clone())
+            }
+            _ => None,
+        });
+    Some(NearbyRoom {
+        id: record.record().room()?,
+        title: room.title.clone(),
+        owner,
+        owner_name,
+        members: e.members,
+        via: vec![via],
+    })
 }
 
 fn list_items(store: &Store, scope: Scope) -> Result<Vec<SyncItem>, tincan_store::StorageError> {

@@ -275,3 +275,102 @@ mod tests {
         });
     }
 }
+
+/// The LAN room directory (`/tincan/directory/1`): a node asks a peer it
+/// found by mDNS which open rooms it follows, and gets their signed Room
+/// records (and their owners' profiles), so a player at a LAN party sees the
+/// rooms around without typing a 32-digit id. Only peers found by mDNS are
+/// asked, and only they are answered.
+pub const DIRECTORY_PROTOCOL: StreamProtocol = StreamProtocol::new("/tincan/directory/1");
+/// Largest directory request accepted, in bytes (it carries nothing).
+pub const MAX_DIRECTORY_REQUEST_BYTES: usize = 64;
+/// Largest directory answer accepted, in bytes.
+pub const MAX_DIRECTORY_RESPONSE_BYTES: usize = 512 * 1024;
+/// Most rooms one answer lists.
+pub const MAX_DIRECTORY_ROOMS: usize = 32;
+
+/// A directory request: "which open rooms do you follow?".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DirectoryRequest {
+    /// The open rooms, at most [`MAX_DIRECTORY_ROOMS`].
+    OpenRooms,
+}
+
+/// One room in a directory answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryEntry {
+    /// Wire bytes of the Room record in force (signed by its owner).
+    pub room: Vec<u8>,
+    /// Wire bytes of the owner's profile, if the answering node has it.
+    pub owner_profile: Option<Vec<u8>>,
+    /// Joined members as the answering node counts them (a hint: not signed).
+    pub members: u32,
+}
+
+/// A directory answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DirectoryResponse {
+    /// The rooms.
+    Rooms(Vec<DirectoryEntry>),
+    /// The peer will not answer (not on its LAN, busy).
+    Refused {
+        /// Why, for logs.
+        reason: String,
+    },
+}
+
+/// The length-prefixed postcard codec of [`DIRECTORY_PROTOCOL`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DirectoryCodec;
+
+impl libp2p::request_response::Codec for DirectoryCodec {
+    type Protocol = StreamProtocol;
+    type Request = DirectoryRequest;
+    type Response = DirectoryResponse;
+
+    async fn read_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<DirectoryRequest>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        decode(&read_frame(io, MAX_DIRECTORY_REQUEST_BYTES).await?)
+    }
+
+    async fn read_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<DirectoryResponse>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        decode(&read_frame(io, MAX_DIRECTORY_RESPONSE_BYTES).await?)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: DirectoryRequest,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &encode(&req)?, MAX_DIRECTORY_REQUEST_BYTES).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: DirectoryResponse,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &encode(&res)?, MAX_DIRECTORY_RESPONSE_BYTES).await
+    }
+}
