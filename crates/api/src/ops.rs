@@ -780,5 +780,8 @@ pub(crate) fn change_target(record: &SignedRecord) -> Option<(Class, String)> {
             tincan_core::Target::Room { .. } => (Class::Room, rec.room()?.to_hex()),
             tincan_core::Target::Channel(_, c) => (Class::Channel, c.to_hex()),
         },
+        Body::Cutoff(c) => (Class::Room, c.room.to_hex()),
+        // Key grants and unopened ciphertext are no class's objects.
+        Body::Sealed(_) | Body::KeyGrant(_) => return None,
     })
 }

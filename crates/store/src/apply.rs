@@ -104,6 +104,12 @@ impl<'txn> Tables<'txn> {
         if let Err(e) = rules::check_standalone(rec) {
             return Ok(Err(e));
         }
+        if matches!(rec.body, Body::Sealed(_) | Body::KeyGrant(_) | Body::Cutoff(_)) {
+            return Ok(Err(RuleError::InvalidField {
+                field: "kind",
+                why: format!("this store does not take {} records yet", rec.body.kind()),
+            }));
+        }
         let room = match rec.parent_room() {
             None => None,
             Some(room_id) => match self.room_info(&room_id)? {
@@ -152,7 +158,7 @@ impl<'txn> Tables<'txn> {
                     .insert(keys::log(&info.id, rec.hlc, &id).as_slice(), ())?;
                 self.records
                     .insert(id.0.as_slice(), signed.to_bytes().as_slice())?;
-                match rules::check_log_membership(rec, &info, &history) {
+                match rules::check_log_membership(rec, &info, &history, &[]) {
                     Ok(()) => {
                         changes.push(change(EntityKey::Log(id), ChangeKind::Created, signed));
                         Ok(Ok(Applied::Stored))

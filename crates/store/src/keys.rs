@@ -15,7 +15,11 @@ pub(crate) fn entity(key: &EntityKey) -> Option<Vec<u8>> {
         EntityKey::Profile(u) => cat(&[&[PROFILE], &u.0]),
         EntityKey::Room(r) => cat(&[&[ROOM], &r.0]),
         EntityKey::Channel(r, c) => cat(&[&[CHANNEL], &r.0, &c.0]),
-        EntityKey::Member(..) | EntityKey::Log(_) => return None,
+        EntityKey::Member(..)
+        | EntityKey::Log(_)
+        | EntityKey::Sealed(_)
+        | EntityKey::Grant(_)
+        | EntityKey::Cutoff(..) => return None,
     })
 }
 

@@ -299,9 +299,11 @@ impl Store {
                 {
                     1
                 }
-                tincan_core::Body::Member(_) => 2,
+                tincan_core::Body::KeyGrant(_) => 1,
+                tincan_core::Body::Member(_) | tincan_core::Body::Cutoff(_) => 2,
                 tincan_core::Body::Channel(_) | tincan_core::Body::Tombstone(_) => 3,
                 tincan_core::Body::RoomLog(_) => 4,
+                tincan_core::Body::Sealed(_) => 5,
             };
             (rank, r.record().hlc, r.id())
         });

@@ -476,7 +476,7 @@ impl Store {
                         .collect(),
                 ),
             };
-            if check_log_membership(rec.record(), &info, h).is_err() {
+            if check_log_membership(rec.record(), &info, h, &[]).is_err() {
                 continue;
             }
             entries.push(LogEntry {

@@ -366,7 +366,7 @@ impl Model {
                     _ => None,
                 })
                 .collect();
-            if rules::check_log_membership(r.record(), &info, &history).is_ok() {
+            if rules::check_log_membership(r.record(), &info, &history, &[]).is_ok() {
                 out.push((l.room, r.id().to_hex()));
             }
         }

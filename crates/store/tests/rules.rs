@@ -116,7 +116,7 @@ fn room_log_by_a_non_member() {
     let rec = make::log(&w.other, t(5), w.room, "said hi").unwrap();
     let info = w.store.room(&w.room).unwrap().unwrap().info();
     assert_eq!(
-        tincan_core::rules::check_log_membership(rec.record(), &info, &[]),
+        tincan_core::rules::check_log_membership(rec.record(), &info, &[], &[]),
         Err(RuleError::NotAMember { room: w.room })
     );
     // ...and the store never shows it: with no membership at all it waits
