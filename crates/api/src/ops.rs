@@ -102,9 +102,7 @@ impl ApiState {
             Err(ApplyError::Decode(e)) => return Err(ParseError::internal(e)),
             Err(e) => return Err(ParseError::internal(e)),
         };
-        if let (Some(mesh), Applied::Stored | Applied::StoredHidden(_)) =
-            (&self.inner.mesh, &applied)
-        {
+        if let (Some(mesh), Applied::Stored) = (&self.inner.mesh, &applied) {
             mesh.gossip_own(record).await;
         }
         Ok(applied)

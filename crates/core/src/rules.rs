@@ -340,13 +340,25 @@ pub fn check_log_membership(
     history: &[MemberEntry],
     cutoffs: &[CutoffWindow],
 ) -> Result<(), RuleError> {
-    if rec.author == room.owner {
+    check_log_author(&rec.author, rec.hlc, room, history, cutoffs)
+}
+
+/// [`check_log_membership`] for an entry by `author` dated `hlc`, for a
+/// caller that has not decoded the entry (a store judging its index).
+pub fn check_log_author(
+    author: &UserId,
+    hlc: Hlc,
+    room: &RoomInfo,
+    history: &[MemberEntry],
+    cutoffs: &[CutoffWindow],
+) -> Result<(), RuleError> {
+    if *author == room.owner {
         return Ok(());
     }
-    if !membership(room.settings.join_policy, history, Some(rec.hlc)).is_member() {
+    if !membership(room.settings.join_policy, history, Some(hlc)).is_member() {
         return Err(RuleError::NotAMember { room: room.id });
     }
-    if cutoffs.iter().any(|c| c.hides(rec.hlc)) {
+    if cutoffs.iter().any(|c| c.hides(hlc)) {
         return Err(RuleError::CutOff { room: room.id });
     }
     Ok(())
