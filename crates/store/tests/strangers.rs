@@ -444,7 +444,7 @@ fn a_kicked_members_backdated_entry_is_hidden_whatever_the_arrival_order() {
     let backdated = make::log(&m, t(50), room, "backdated").unwrap();
     let later = make::log(&m, t(200), room, "after the kick").unwrap();
     every_order(
-        &[room_rec.clone()],
+        std::slice::from_ref(&room_rec),
         &[
             join.clone(),
             hello.clone(),
