@@ -694,13 +694,11 @@ impl<'txn, 'a> Tables<'txn, 'a> {
         history: &[MemberEntry],
     ) -> Step {
         let author = signed.record().author;
-        // An invitee's entries are ahead of their own join (which a
-        // catch-up may list after them): a larger group waits.
-        let invited = membership(
-            info.settings.join_policy,
-            history,
-            Some(signed.record().hlc),
-        ) == Membership::Invited;
+        // An invitee whose own join is not here yet: their entries are ahead
+        // of it (a catch-up may list it after them), so a larger group
+        // waits. The group's cap depends on the author's history alone, not
+        // on the entry, so which entries wait does not depend on their order.
+        let invited = membership(info.settings.join_policy, history, None) == Membership::Invited;
         let cap = if invited {
             self.config().max_waiting_logs_invited
         } else {
@@ -1222,11 +1220,11 @@ impl<'txn, 'a> Tables<'txn, 'a> {
                 if old_policy.is_some_and(|p| p != info.settings.join_policy) {
                     self.rejudge_room(&info)?;
                 }
+                // An unlocked owner holds its rooms' keys whatever their
+                // policy or version: which sealed records it opens must not
+                // depend on which version of the room came first.
                 let ctx_unlocked = self.ctx.unlocked;
-                if info.settings.join_policy == JoinPolicy::Invite
-                    && !new.tombstone
-                    && let Some(owner_key) = ctx_unlocked.get(&owner)
-                {
+                if let Some(owner_key) = ctx_unlocked.get(&owner) {
                     self.ensure_owner_keys(&room_id, owner_key)?;
                 }
             }

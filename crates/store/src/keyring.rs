@@ -106,7 +106,7 @@ impl Store {
     /// Keeps `user`'s secret key in memory (never on disk) so that grants to
     /// them are opened: those already stored now (and the sealed records
     /// their keys open), and those that arrive while unlocked. An unlocked
-    /// owner derives their invite-only rooms' keys themself. The user's
+    /// owner derives their rooms' keys themself. The user's
     /// profile is kept from now on whatever their standing.
     pub fn unlock_user(&self, user: &UserKey) -> Result<(), StorageError> {
         let id = user.id();
@@ -117,11 +117,7 @@ impl Store {
         let owned = self.owned_rooms(&id)?;
         self.write(crate::clock::wall_ms(), |tables, _| {
             for room in owned {
-                if let Some(info) = tables.room_info(&room)?
-                    && info.settings.join_policy == JoinPolicy::Invite
-                {
-                    tables.ensure_owner_keys(&room, user)?;
-                }
+                tables.ensure_owner_keys(&room, user)?;
             }
             tables.open_grants_for(user)?;
             tables.release(keys::Waiting::Standing(id))
