@@ -20,8 +20,10 @@ use crate::seal::LocatorSecret;
 
 /// The scheme and path every invite link starts with.
 pub const LINK_PREFIX: &str = "tincan://join/";
-/// Longest invite link accepted, in bytes.
-pub const MAX_LINK_BYTES: usize = 4096;
+/// Longest invite link accepted, in bytes: more than the longest
+/// [`Invite::to_link`] makes ([`MAX_VIA`] addresses of [`MAX_VIA_BYTES`],
+/// each byte percent-encoded), so every link we make parses.
+pub const MAX_LINK_BYTES: usize = 16 * 1024;
 /// Most `via` addresses in one link.
 pub const MAX_VIA: usize = 16;
 /// Longest `via` address, in bytes once decoded.
@@ -285,6 +287,14 @@ mod tests {
             Err(InviteError::BadVia { .. })
         ));
         let long = "x".repeat(MAX_LINK_BYTES);
+        // The longest link we make parses.
+        let longest = Invite {
+            room: room(),
+            locator: Some(LocatorSecret([1; 32])),
+            // Two bytes each, all percent-encoded: six bytes a character.
+            via: vec!["é".repeat(MAX_VIA_BYTES / 2); MAX_VIA],
+        };
+        assert_eq!(Invite::parse(&longest.to_link()).unwrap(), longest);
         assert!(matches!(
             Invite::parse(&format!("tincan://join/{id}?via={long}")),
             Err(InviteError::TooLong { .. })
