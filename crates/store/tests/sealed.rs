@@ -46,6 +46,8 @@ fn sync(from: &Store, to: &Store, room: &RoomId) {
     for r in to.apply_batch(records).unwrap() {
         r.unwrap();
     }
+    // Parents first: nothing waits for a parent listed after it.
+    assert_eq!(to.pending_len().unwrap(), 0, "a listed record waited");
 }
 
 fn write(store: &Store, author: &UserKey, hlc: Hlc, body: Body) -> SignedRecord {
