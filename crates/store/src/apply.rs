@@ -20,6 +20,7 @@
 //!   most `max_sealed_per_author` per (room, author), the newest, and opened
 //!   when a key arrives.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -175,6 +176,10 @@ pub(crate) struct Tables<'txn, 'a> {
     released_outcomes: HashMap<RecordId, Result<Applied, RuleError>>,
     /// Epoch keys derived in this transaction.
     key_cache: HashMap<(RoomId, u32), RoomKey>,
+    /// What the rules need of each room looked up in this transaction
+    /// (every record of a batch asks for its room): dropped when the
+    /// room's record changes.
+    room_cache: RefCell<HashMap<RoomId, Option<RoomInfo>>>,
 }
 
 type Step = Result<Result<Applied, RuleError>, StorageError>;
@@ -183,7 +188,7 @@ fn damaged(what: &str) -> StorageError {
     StorageError(format!("damaged {what} index"))
 }
 
-/// Most epoch keys derived and cached in one transaction.
+/// Most epoch keys (and rooms) cached in one transaction.
 const KEY_CACHE_LIMIT: usize = 256;
 
 impl<'txn, 'a> Tables<'txn, 'a> {
@@ -216,6 +221,7 @@ impl<'txn, 'a> Tables<'txn, 'a> {
             released: Vec::new(),
             released_outcomes: HashMap::new(),
             key_cache: HashMap::new(),
+            room_cache: RefCell::new(HashMap::new()),
         })
     }
 
@@ -415,12 +421,23 @@ impl<'txn, 'a> Tables<'txn, 'a> {
     }
 
     pub(crate) fn room_info(&self, room: &RoomId) -> Result<Option<RoomInfo>, StorageError> {
+        if let Some(info) = self.room_cache.borrow().get(room) {
+            return Ok(*info);
+        }
         let key = keys::entity(&EntityKey::Room(*room)).unwrap_or_default();
-        let Some(v) = self.entities.get(key.as_slice())? else {
-            return Ok(None);
+        let info = match self.entities.get(key.as_slice())? {
+            None => None,
+            Some(v) => {
+                let id = keys::record_id(v.value()).ok_or_else(|| damaged("entity"))?;
+                Some(room_info_from(*room, &self.load(&id)?))
+            }
         };
-        let id = keys::record_id(v.value()).ok_or_else(|| damaged("entity"))?;
-        Ok(Some(room_info_from(*room, &self.load(&id)?)))
+        let mut cache = self.room_cache.borrow_mut();
+        if cache.len() >= KEY_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(*room, info);
+        Ok(info)
     }
 
     fn count(&self, key: &[u8]) -> Result<u64, StorageError> {
@@ -678,8 +695,13 @@ impl<'txn, 'a> Tables<'txn, 'a> {
         }
         self.logs
             .insert(keys::log(&info.id, hlc, &id).as_slice(), ())?;
-        self.log_authors
-            .insert(keys::by_user(&info.id, &author, hlc, &id).as_slice(), ())?;
+        // The by-author index serves rejudging and removals, neither of
+        // which ever concerns the owner: the owner's entries (the bulk of
+        // many rooms' logs) skip it.
+        if author != info.owner {
+            self.log_authors
+                .insert(keys::by_user(&info.id, &author, hlc, &id).as_slice(), ())?;
+        }
         self.put_record(&signed, Some(&info.owner))?;
         changes.push(change(EntityKey::Log(id), ChangeKind::Created, signed));
         Ok(Ok(Applied::Stored))
@@ -1205,6 +1227,9 @@ impl<'txn, 'a> Tables<'txn, 'a> {
         let id = signed.id();
         let owner = signed.record().author;
         self.entities.insert(key.as_slice(), id.0.as_slice())?;
+        if let EntityKey::Room(room_id) = entity {
+            self.room_cache.get_mut().remove(&room_id);
+        }
         self.put_record(&signed, room_owner.as_ref())?;
         match entity {
             EntityKey::Room(room_id) => {
@@ -1401,8 +1426,10 @@ impl<'txn, 'a> Tables<'txn, 'a> {
         }
         for (room, hlc, id) in logs {
             let author = self.load_wire(&id)?.record().author;
-            self.log_authors
-                .insert(keys::by_user(&room, &author, hlc, &id).as_slice(), ())?;
+            if self.room_info(&room)?.is_some_and(|i| i.owner != author) {
+                self.log_authors
+                    .insert(keys::by_user(&room, &author, hlc, &id).as_slice(), ())?;
+            }
         }
         let mut rooms = Vec::new();
         let mut profiles = Vec::new();

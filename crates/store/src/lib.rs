@@ -95,7 +95,8 @@ pub(crate) const GRANTS: TableDefinition<'_, &[u8], ()> = TableDefinition::new("
 pub(crate) const GRANTED: TableDefinition<'_, &[u8], ()> = TableDefinition::new("granted");
 /// room|user|hlc|id -> the cutoff's `after`.
 pub(crate) const CUTOFFS: TableDefinition<'_, &[u8], u64> = TableDefinition::new("cutoffs");
-/// room|author|hlc|id -> (), the log by author.
+/// room|author|hlc|id -> (), the log by author (the owner's entries aside:
+/// nothing ever judges them again).
 pub(crate) const LOG_AUTHORS: TableDefinition<'_, &[u8], ()> = TableDefinition::new("log_authors");
 /// owner|room -> (), rooms held here by owner.
 pub(crate) const OWNED: TableDefinition<'_, &[u8], ()> = TableDefinition::new("owned");
