@@ -618,6 +618,7 @@ fn admit(hello: &Hello, peer: &str) -> Result<Admitted, String> {
     let store = Store::in_memory(StoreConfig {
         pending_limit: MAX_PROOF_RECORDS,
         feed_capacity: 1,
+        ..StoreConfig::default()
     })
     .map_err(|e| format!("the relay cannot check proofs right now ({e}): try again later"))?;
     let outcomes = store

@@ -14,7 +14,8 @@ fn setup() -> &'static (Store, RoomId) {
     static SETUP: OnceLock<(Store, RoomId)> = OnceLock::new();
     SETUP.get_or_init(|| {
         let store =
-            Store::in_memory(StoreConfig { pending_limit: 64, feed_capacity: 4 }).expect("store");
+            Store::in_memory(StoreConfig { pending_limit: 64, feed_capacity: 4, ..Default::default() })
+                .expect("store");
         let key = UserKey::from_seed(&[7; 32]);
         let (id, rec) = make::room(&key, Hlc::new(1, 0), [1; 16], "fuzz", RoomSettings::default())
             .expect("sign");

@@ -977,7 +977,8 @@ fn room_json(r: &RoomView) -> serde_json::Value {
 fn outcome(a: &Applied) -> &'static str {
     match a {
         Applied::Stored => "stored",
-        Applied::StoredHidden(_) => "stored, hidden",
+        Applied::Sealed => "stored sealed (no key here)",
+        Applied::Dropped(_) => "dropped",
         Applied::Duplicate => "duplicate",
         Applied::Superseded => "superseded",
         Applied::Pending(_) => "pending",

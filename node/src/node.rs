@@ -119,9 +119,7 @@ impl Node {
             Err(ApplyError::Rejected(e)) => return Err(anyhow!("refused: {e}")),
             Err(e) => return Err(e.into()),
         };
-        if let (Some((link, record)), Applied::Stored | Applied::StoredHidden(_)) =
-            (to_gossip, &applied)
-        {
+        if let (Some((link, record)), Applied::Stored) = (to_gossip, &applied) {
             // Stored is what matters; if no peer hears it now, catch-up
             // sync hands it over later.
             link.runtime.block_on(link.mesh.gossip_own(record));

@@ -102,9 +102,7 @@ impl ApiState {
             Err(ApplyError::Decode(e)) => return Err(ParseError::internal(e)),
             Err(e) => return Err(ParseError::internal(e)),
         };
-        if let (Some(mesh), Applied::Stored | Applied::StoredHidden(_)) =
-            (&self.inner.mesh, &applied)
-        {
+        if let (Some(mesh), Applied::Stored) = (&self.inner.mesh, &applied) {
             mesh.gossip_own(record).await;
         }
         Ok(applied)
@@ -787,5 +785,8 @@ pub(crate) fn change_target(record: &SignedRecord) -> Option<(Class, String)> {
             tincan_core::Target::Room { .. } => (Class::Room, rec.room()?.to_hex()),
             tincan_core::Target::Channel(_, c) => (Class::Channel, c.to_hex()),
         },
+        Body::Cutoff(c) => (Class::Room, c.room.to_hex()),
+        // Key grants and unopened ciphertext are no class's objects.
+        Body::Sealed(_) | Body::KeyGrant(_) => return None,
     })
 }

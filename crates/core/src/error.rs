@@ -102,6 +102,104 @@ pub enum RuleError {
         /// What is wrong with it.
         why: String,
     },
+    /// A key grant written by someone other than the room's owner.
+    #[error("only the owner of room {room} may grant its keys")]
+    GrantNotByOwner {
+        /// The room.
+        room: RoomId,
+    },
+    /// A cutoff written by someone other than the room's owner.
+    #[error("only the owner of room {room} may cut off a member's log entries")]
+    CutoffNotByOwner {
+        /// The room.
+        room: RoomId,
+    },
+    /// A sealed record that does not open under the room's key of its epoch:
+    /// its author sealed something else than it signed, or under another key.
+    #[error(
+        "a sealed record of room {room} does not open under the room's key of epoch {epoch}: it is forged, damaged or sealed under another key"
+    )]
+    SealedDoesNotOpen {
+        /// The room.
+        room: RoomId,
+        /// The epoch the record names.
+        epoch: u32,
+    },
+    /// A sealed record that opens but holds something a sealed record may not.
+    #[error(
+        "a sealed record may hold only a Member, Channel, RoomLog, Cutoff or channel delete of its own room: {why}"
+    )]
+    BadSealedContent {
+        /// What is wrong with its content.
+        why: &'static str,
+    },
+    /// A log entry dated inside a window that the room's owner cut off when
+    /// it removed the entry's author.
+    #[error(
+        "the log entry is dated in a window that the owner of room {room} cut off when removing its author"
+    )]
+    CutOff {
+        /// The room.
+        room: RoomId,
+    },
+}
+
+/// A record dated too far ahead of the receiver's clock
+/// ([`crate::rules::MAX_CLOCK_SKEW`]). Not a fault of whoever forwarded it:
+/// the record is refused for now and accepted once the clock catches up.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
+#[error(
+    "the record is dated {ahead_ms} ms ahead of this node's clock, more than the {max_ms} ms allowed: it is refused for now and accepted once this clock catches up (check both machines' clocks)"
+)]
+pub struct ClockAhead {
+    /// How far ahead of the receiver's clock it is dated, in milliseconds.
+    pub ahead_ms: u64,
+    /// The allowed skew, in milliseconds.
+    pub max_ms: u64,
+}
+
+/// Opening a sealed record failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+#[non_exhaustive]
+pub enum UnsealError {
+    /// The record is not sealed (or is already open).
+    #[error("the record is not sealed, or is already opened")]
+    NotSealed,
+    /// The key given cannot open this record (the caller's mistake, not the
+    /// author's): another room, or an epoch older than the record's.
+    #[error(
+        "the key of room {key_room} epoch {key_epoch} cannot open a record of room {room} epoch {epoch}: use that room's key of epoch {epoch} or newer"
+    )]
+    WrongKey {
+        /// The record's room.
+        room: RoomId,
+        /// The record's epoch.
+        epoch: u32,
+        /// The key's room.
+        key_room: RoomId,
+        /// The key's epoch.
+        key_epoch: u32,
+    },
+    /// The author broke the rules: the ciphertext does not open, or holds
+    /// what a sealed record may not.
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+}
+
+/// Building a record with [`crate::make`] failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MakeError {
+    /// Signing failed.
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    /// Sealing failed.
+    #[error(transparent)]
+    Seal(#[from] crate::seal::SealError),
+    /// What was asked for breaks the rules (a sealed record of a kind that
+    /// is never sealed, say).
+    #[error(transparent)]
+    Rule(#[from] RuleError),
 }
 
 /// Any reason a record is refused, from bytes to rules.

@@ -9,13 +9,16 @@
 //! 1. [`UnverifiedRecord::decode`] parses bytes (size limit, version, canonical form);
 //! 2. [`UnverifiedRecord::verify`] checks the author's signature and gives a [`SignedRecord`];
 //! 3. [`rules::check_standalone`] and, once the room is known,
-//!    [`rules::check_in_room`] decide whether the author may say it;
+//!    [`rules::check_in_room`] decide whether the author may say it; a
+//!    sealed record of an invite-only room is first opened with the room's
+//!    key ([`SignedRecord::open`]) and its content checked the same way;
 //! 4. [`merge`] decides which write wins, the same on every node.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod error;
 pub mod hlc;
 pub mod identity;
+pub mod invite;
 pub mod keystore;
 pub mod make;
 pub mod merge;
@@ -24,11 +27,16 @@ pub mod record;
 pub mod rules;
 pub mod seal;
 
-pub use error::{DecodeError, IdentityError, RecordError, RuleError, SignError};
+pub use error::{
+    ClockAhead, DecodeError, IdentityError, MakeError, RecordError, RuleError, SignError,
+    UnsealError,
+};
 pub use hlc::{Hlc, HlcClock};
 pub use identity::{Fingerprint, NodeBinding, NodeId, NodeKey, UserId, UserKey};
+pub use invite::{Invite, InviteError};
 pub use record::{
-    AudioSettings, Body, Channel, ChannelId, EntityKey, JoinPolicy, MAX_RECORD_BYTES, Member,
-    MemberRole, MemberState, Profile, ProfileRole, Record, RecordId, Room, RoomId, RoomLog,
-    RoomSettings, SignedRecord, Target, Tombstone, UnverifiedRecord, VoiceMode,
+    AudioSettings, Body, Channel, ChannelId, Cutoff, EntityKey, JoinPolicy, KeyGrant,
+    MAX_GRANT_ENVELOPES, MAX_RECORD_BYTES, Member, MemberRole, MemberState, Profile, ProfileRole,
+    Record, RecordId, Room, RoomId, RoomLog, RoomSettings, Sealed, SignedRecord, Target, Tombstone,
+    UnverifiedRecord, VoiceMode,
 };

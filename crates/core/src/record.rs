@@ -8,9 +8,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{DecodeError, IdentityError, RuleError, SignError};
+use crate::error::{DecodeError, IdentityError, RuleError, SignError, UnsealError};
 use crate::hlc::Hlc;
 use crate::identity::{UserId, UserKey, parse_hex_array, verify_in_domain};
+use crate::seal::{self, Envelopes, LocatorSecret, Recipient, RoomKey};
 
 /// The record format this build writes and reads.
 pub const FORMAT_VERSION: u8 = 1;
@@ -138,6 +139,15 @@ pub enum Body {
     RoomLog(RoomLog),
     /// A delete.
     Tombstone(Tombstone),
+    // New kinds go at the end: postcard encodes the variant's index, so
+    // every record written before keeps its bytes and its id.
+    /// Another body, sealed to an invite-only room's members.
+    Sealed(Sealed),
+    /// An epoch key of an invite-only room, sealed to its members' user keys.
+    KeyGrant(KeyGrant),
+    /// Hides a removed member's log entries dated between what the owner had
+    /// seen of them and the removal.
+    Cutoff(Cutoff),
 }
 
 impl Body {
@@ -150,8 +160,137 @@ impl Body {
             Body::Channel(_) => "Channel",
             Body::RoomLog(_) => "RoomLog",
             Body::Tombstone(_) => "Tombstone",
+            Body::Sealed(_) => "Sealed",
+            Body::KeyGrant(_) => "KeyGrant",
+            Body::Cutoff(_) => "Cutoff",
         }
     }
+
+    /// The room this body is about, if any, as written in it (a `Room` or a
+    /// room delete names its room by owner and nonce: see [`Record::room`]).
+    pub(crate) fn named_room(&self) -> Option<RoomId> {
+        match self {
+            Body::Profile(_) | Body::Room(_) => None,
+            Body::Member(m) => Some(m.room),
+            Body::Channel(c) => Some(c.room),
+            Body::RoomLog(l) => Some(l.room),
+            Body::Tombstone(t) => match t.target {
+                Target::Room { .. } => None,
+                Target::Channel(r, _) => Some(r),
+            },
+            Body::Sealed(s) => Some(s.room),
+            Body::KeyGrant(g) => Some(g.room),
+            Body::Cutoff(c) => Some(c.room),
+        }
+    }
+
+    /// Whether this is a body that a sealed record may hold: a Member,
+    /// Channel, RoomLog, Cutoff or channel delete (and so a body that a
+    /// writer seals in an invite-only room).
+    pub fn is_sealable(&self) -> bool {
+        matches!(
+            self,
+            Body::Member(_)
+                | Body::Channel(_)
+                | Body::RoomLog(_)
+                | Body::Cutoff(_)
+                | Body::Tombstone(Tombstone {
+                    target: Target::Channel(..)
+                })
+        )
+    }
+}
+
+/// Purpose under which record contents are sealed with a [`RoomKey`].
+pub const SEAL_PURPOSE_RECORDS: &str = "records";
+
+/// Most envelopes in one [`KeyGrant`] record: with 89 bytes an envelope on
+/// the wire, a full grant is about 11.6 KB, under [`MAX_RECORD_BYTES`].
+/// More recipients take more records.
+pub const MAX_GRANT_ENVELOPES: usize = 128;
+
+/// Bytes of a grant's payload: the epoch key, then the locator secret.
+pub const GRANT_PAYLOAD_LEN: usize = 64;
+
+/// Bytes of each sealed envelope in a grant: the payload and its tag.
+pub const GRANT_ENVELOPE_LEN: usize = GRANT_PAYLOAD_LEN + seal::ENVELOPE_OVERHEAD;
+
+/// The envelope context of a grant: the room id, then the epoch big-endian,
+/// so an envelope cannot be replayed for another room or epoch.
+pub fn grant_context(room: &RoomId, epoch: u32) -> [u8; 20] {
+    let mut c = [0u8; 20];
+    c[..16].copy_from_slice(&room.0);
+    c[16..].copy_from_slice(&epoch.to_be_bytes());
+    c
+}
+
+/// A body of an invite-only room sealed to its members: the inner [`Body`]
+/// in postcard, sealed with the room's key of `epoch` (purpose
+/// [`SEAL_PURPOSE_RECORDS`]) and bound by [`seal::record_aad`] to the outer
+/// record's author, HLC, room and epoch. Anyone can check the outer
+/// signature; only a holder of the key can read or check what is inside.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    /// The room: the inner body must name the same one.
+    pub room: RoomId,
+    /// The key epoch it is sealed under.
+    pub epoch: u32,
+    /// The XChaCha20-Poly1305 nonce, random per record.
+    pub nonce: [u8; 24],
+    /// The sealed inner body, tag included.
+    pub ciphertext: Vec<u8>,
+}
+
+/// The key of one epoch of an invite-only room (and its locator secret),
+/// sealed by the room's owner to each recipient's user key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyGrant {
+    /// The room.
+    pub room: RoomId,
+    /// The epoch whose key this grants.
+    pub epoch: u32,
+    /// [`RoomKey::relay_commit`] of the epoch's key: a voice relay checks a
+    /// member's relay token against it.
+    pub relay_commit: [u8; 32],
+    /// The payload `K_epoch || locator secret` ([`GRANT_PAYLOAD_LEN`] bytes)
+    /// sealed to each recipient, context [`grant_context`]; at most
+    /// [`MAX_GRANT_ENVELOPES`] of exactly [`GRANT_ENVELOPE_LEN`] bytes.
+    pub envelopes: Envelopes,
+}
+
+impl KeyGrant {
+    /// The epoch key and locator secret sealed to `me`, if this grant holds
+    /// an envelope for it whose key matches the grant's relay commitment.
+    pub fn open(&self, me: &dyn Recipient) -> Option<(RoomKey, LocatorSecret)> {
+        let payload =
+            seal::open_envelope(&self.envelopes, me, &grant_context(&self.room, self.epoch))?;
+        if payload.len() != GRANT_PAYLOAD_LEN {
+            return None;
+        }
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&payload[..32]);
+        let mut locator = [0u8; 32];
+        locator.copy_from_slice(&payload[32..]);
+        let key = RoomKey::from_bytes(self.room, self.epoch, key).ok()?;
+        // A key that does not match what the grant commits to is not the
+        // key the owner announced to relays and the other members.
+        (key.relay_commit() == self.relay_commit).then(|| (key, LocatorSecret(locator)))
+    }
+}
+
+/// The owner's statement, made with a kick or ban, that `user`'s log
+/// entries in `room` dated after `after` and up to this record's own HLC are
+/// hidden: the owner had seen nothing of theirs after `after` when it removed
+/// them, so anything dated in that window arrived after the removal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cutoff {
+    /// The room.
+    pub room: RoomId,
+    /// The removed user: never the author.
+    pub user: UserId,
+    /// The newest of `user`'s records the owner had seen; must be before the
+    /// cutoff's own HLC.
+    pub after: Hlc,
 }
 
 /// A user's public profile.
@@ -352,6 +491,13 @@ pub enum EntityKey {
     Member(RoomId, UserId),
     /// A log entry: written once, never replaced.
     Log(RecordId),
+    /// A sealed record this node cannot open (yet): its own entity, keyed by
+    /// its id, until it is opened and becomes what it holds.
+    Sealed(RecordId),
+    /// A key grant: written once, never replaced.
+    Grant(RecordId),
+    /// The cutoffs about one user in a room (their history is kept whole).
+    Cutoff(RoomId, UserId),
 }
 
 impl Record {
@@ -359,15 +505,11 @@ impl Record {
     /// the record can be checked (it is the record's parent).
     pub fn room(&self) -> Option<RoomId> {
         match &self.body {
-            Body::Profile(_) => None,
             Body::Room(r) => Some(RoomId::derive(&self.author, &r.nonce)),
-            Body::Member(m) => Some(m.room),
-            Body::Channel(c) => Some(c.room),
-            Body::RoomLog(l) => Some(l.room),
-            Body::Tombstone(t) => Some(match t.target {
-                Target::Room { nonce } => RoomId::derive(&self.author, &nonce),
-                Target::Channel(r, _) => r,
-            }),
+            Body::Tombstone(Tombstone {
+                target: Target::Room { nonce },
+            }) => Some(RoomId::derive(&self.author, nonce)),
+            body => body.named_room(),
         }
     }
 
@@ -389,8 +531,8 @@ impl Record {
         matches!(self.body, Body::Tombstone(_))
     }
 
-    /// What this record writes. `id` is the record's own id (log entries are
-    /// keyed by it).
+    /// What this record writes. `id` is the record's own id (log entries,
+    /// grants and unopened sealed records are keyed by it).
     pub fn entity(&self, id: RecordId) -> EntityKey {
         match &self.body {
             Body::Profile(p) => EntityKey::Profile(p.user),
@@ -402,6 +544,9 @@ impl Record {
                 Target::Room { nonce } => EntityKey::Room(RoomId::derive(&self.author, &nonce)),
                 Target::Channel(r, c) => EntityKey::Channel(r, c),
             },
+            Body::Sealed(_) => EntityKey::Sealed(id),
+            Body::KeyGrant(_) => EntityKey::Grant(id),
+            Body::Cutoff(c) => EntityKey::Cutoff(c.room, c.user),
         }
     }
 
@@ -430,6 +575,7 @@ impl Record {
             signed,
             signature,
             id,
+            opened_epoch: None,
         })
     }
 }
@@ -503,18 +649,37 @@ impl UnverifiedRecord {
             signed: self.signed,
             signature: self.signature,
             id,
+            opened_epoch: None,
         })
     }
 }
 
 /// A record whose author's signature has been checked (or that we signed).
-/// The only ways to get one are [`Record::sign`] and [`UnverifiedRecord::verify`].
+/// The only ways to get one are [`Record::sign`] and [`UnverifiedRecord::verify`]
+/// (and, for a sealed record, [`SignedRecord::open`] on one of those).
+///
+/// A sealed record comes in two views with the same id, wire bytes and
+/// signature: unopened, its body is [`Body::Sealed`]; opened, its body is
+/// the inner body and [`SignedRecord::is_opened`] says so.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedRecord {
     record: Record,
     signed: Vec<u8>,
     signature: [u8; 64],
     id: RecordId,
+    /// The epoch it was sealed under, for an opened view.
+    opened_epoch: Option<u32>,
+}
+
+/// Decodes the inner body of a sealed record: postcard, canonical only, so
+/// every member reads one plaintext one way.
+fn decode_inner(plain: &[u8]) -> Result<Body, &'static str> {
+    let body: Body = postcard::from_bytes(plain).map_err(|_| "the content is not a record body")?;
+    let again = postcard::to_allocvec(&body).map_err(|_| "the content does not re-encode")?;
+    if again != plain {
+        return Err("the content is not canonically encoded");
+    }
+    Ok(body)
 }
 
 impl SignedRecord {
@@ -534,7 +699,103 @@ impl SignedRecord {
             signed: u.signed,
             signature: u.signature,
             id,
+            opened_epoch: None,
         })
+    }
+
+    /// Rebuilds the opened view of a sealed record from what this node's
+    /// store kept when it opened it: the wire bytes and the inner body
+    /// (postcard), without decrypting or checking anything again. Never use
+    /// it for bytes from a peer, a client or an import: those go through
+    /// [`SignedRecord::from_bytes`] and [`SignedRecord::open`].
+    pub fn decode_opened_trusted(wire: &[u8], inner_body: &[u8]) -> Result<Self, DecodeError> {
+        let outer = Self::decode_trusted(wire)?;
+        let Body::Sealed(s) = &outer.record.body else {
+            return Err(DecodeError::Malformed("not a sealed record".into()));
+        };
+        let epoch = s.epoch;
+        let body = decode_inner(inner_body).map_err(|why| DecodeError::Malformed(why.into()))?;
+        Ok(outer.into_opened(body, epoch))
+    }
+
+    /// The opened view of this (unopened) sealed record, with `body` inside.
+    pub(crate) fn into_opened(self, body: Body, epoch: u32) -> Self {
+        SignedRecord {
+            record: Record {
+                author: self.record.author,
+                hlc: self.record.hlc,
+                body,
+            },
+            opened_epoch: Some(epoch),
+            ..self
+        }
+    }
+
+    /// Opens a sealed record with the room's key of its epoch or of a newer
+    /// one (older keys are derived from newer ones; pass the key of the
+    /// record's own epoch where you have it, deriving costs a hash per
+    /// epoch). The opened view has the same id, wire bytes and signature;
+    /// its body is the inner body, which the caller then checks with the
+    /// ordinary rules. The content must decode canonically, be of a kind
+    /// that is sealed ([`Body::is_sealable`]) and name the same room.
+    pub fn open(&self, key: &RoomKey) -> Result<SignedRecord, UnsealError> {
+        let (Body::Sealed(s), None) = (&self.record.body, self.opened_epoch) else {
+            return Err(UnsealError::NotSealed);
+        };
+        if key.room() != s.room || key.epoch() < s.epoch {
+            return Err(UnsealError::WrongKey {
+                room: s.room,
+                epoch: s.epoch,
+                key_room: key.room(),
+                key_epoch: key.epoch(),
+            });
+        }
+        let does_not_open = || RuleError::SealedDoesNotOpen {
+            room: s.room,
+            epoch: s.epoch,
+        };
+        let key = key.older(s.epoch).map_err(|_| does_not_open())?;
+        let aad = seal::record_aad(&self.record.author.0, self.record.hlc.0, &s.room, s.epoch);
+        let plain = key
+            .open(SEAL_PURPOSE_RECORDS, &s.nonce, &s.ciphertext, &aad)
+            .map_err(|_| does_not_open())?;
+        let body = decode_inner(&plain).map_err(|why| RuleError::BadSealedContent { why })?;
+        crate::rules::check_sealed_content(s, &body)?;
+        let epoch = s.epoch;
+        Ok(self.clone().into_opened(body, epoch))
+    }
+
+    /// The unopened view of an opened sealed record (the record as a peer
+    /// without the key sees it); any other record as it is.
+    pub fn sealed_form(&self) -> Result<SignedRecord, DecodeError> {
+        if self.opened_epoch.is_none() {
+            return Ok(self.clone());
+        }
+        let outer: Record = postcard::from_bytes(self.signed.get(1..).unwrap_or_default())
+            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        Ok(SignedRecord {
+            record: outer,
+            opened_epoch: None,
+            ..self.clone()
+        })
+    }
+
+    /// Whether this record is sealed on the wire (opened here or not).
+    pub fn is_sealed(&self) -> bool {
+        self.opened_epoch.is_some() || matches!(self.record.body, Body::Sealed(_))
+    }
+
+    /// Whether this is the opened view of a sealed record.
+    pub fn is_opened(&self) -> bool {
+        self.opened_epoch.is_some()
+    }
+
+    /// The key epoch of a sealed record (opened or not).
+    pub fn sealed_epoch(&self) -> Option<u32> {
+        match &self.record.body {
+            Body::Sealed(s) if self.opened_epoch.is_none() => Some(s.epoch),
+            _ => self.opened_epoch,
+        }
     }
 
     /// The record.

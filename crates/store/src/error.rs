@@ -80,3 +80,57 @@ impl From<tincan_core::RecordError> for ApplyError {
         }
     }
 }
+
+/// A local write could not be prepared ([`crate::Store::prepare_write`],
+/// [`crate::Store::key_upkeep`], [`crate::Store::removal`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The room is invite-only and this store holds no key for it: only a
+    /// join request (or leave) may be written in plaintext.
+    #[error(
+        "no key for room {room} yet: wait for the owner's grant (a join request is all that can be written before it)"
+    )]
+    NoKey {
+        /// The room.
+        room: tincan_core::RoomId,
+    },
+    /// The room is not known here.
+    #[error("room {0} is not known here (or was deleted): let it sync first")]
+    UnknownRoom(tincan_core::RoomId),
+    /// The operation is the room owner's, and the key given is not theirs.
+    #[error("only the owner of room {room} may do this")]
+    NotOwner {
+        /// The room.
+        room: tincan_core::RoomId,
+    },
+    /// What was asked makes no sense (a removal that is not a kick or a
+    /// ban, a record that is already sealed).
+    #[error("{0}")]
+    Invalid(&'static str),
+    /// The time given is not after what the store already holds of the user.
+    #[error(
+        "the removal's time {hlc} is not after the user's newest record here ({newest}): take the time from the store's clock"
+    )]
+    TooEarly {
+        /// The time given.
+        hlc: tincan_core::Hlc,
+        /// The newest record of the user in the room.
+        newest: tincan_core::Hlc,
+    },
+    /// The room has used up its key chain.
+    #[error(
+        "room {room} has used all {max} key epochs (one per removal): create a new room",
+        max = tincan_core::seal::MAX_EPOCHS
+    )]
+    EpochsExhausted {
+        /// The room.
+        room: tincan_core::RoomId,
+    },
+    /// Building or sealing the record failed.
+    #[error(transparent)]
+    Make(#[from] tincan_core::MakeError),
+    /// The storage layer failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}

@@ -5,9 +5,9 @@
 
 use std::collections::HashMap;
 
-use redb::{ReadTransaction, ReadableDatabase};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
 use tincan_core::merge::{MemberEntry, Membership, membership};
-use tincan_core::rules::{RoomInfo, check_log_membership};
+use tincan_core::rules::{CutoffWindow, RoomInfo, check_log_membership};
 use tincan_core::{
     Body, Channel, ChannelId, EntityKey, Hlc, MemberRole, MemberState, Profile, RecordId, Room,
     RoomId, RoomSettings, SignedRecord, Target, Tombstone, UserId,
@@ -15,11 +15,29 @@ use tincan_core::{
 
 use crate::error::StorageError;
 use crate::keys;
-use crate::{ENTITIES, LOGS, MEMBERS, RECORDS, Store, USER_ROOMS};
+use crate::{CUTOFFS, ENTITIES, LOGS, MEMBERS, OPENED, RECORDS, Store, USER_ROOMS};
 
 pub(crate) fn decode_stored(bytes: &[u8]) -> Result<SignedRecord, StorageError> {
     SignedRecord::decode_trusted(bytes)
         .map_err(|e| StorageError(format!("damaged record in the store: {e}")))
+}
+
+/// Decodes a record of the `records` table, in its opened view if this
+/// store opened it (`opened` holds its inner body).
+pub(crate) fn decode_with_opened(
+    id: &[u8],
+    bytes: &[u8],
+    opened: &impl ReadableTable<&'static [u8], &'static [u8]>,
+) -> Result<SignedRecord, StorageError> {
+    let rec = decode_stored(bytes)?;
+    if !matches!(rec.record().body, Body::Sealed(_)) {
+        return Ok(rec);
+    }
+    match opened.get(id)? {
+        None => Ok(rec),
+        Some(inner) => SignedRecord::decode_opened_trusted(bytes, inner.value())
+            .map_err(|e| StorageError(format!("damaged opened record in the store: {e}"))),
+    }
 }
 
 pub(crate) fn encode_member_value(e: &MemberEntry) -> [u8; 3] {
@@ -202,15 +220,17 @@ fn entity_winner(
         return Ok(None);
     };
     let records = txn.open_table(RECORDS)?;
+    let opened = txn.open_table(OPENED)?;
     let Some(bytes) = records.get(id.value())? else {
         return Err(StorageError("index points at a missing record".into()));
     };
-    decode_stored(bytes.value()).map(Some)
+    decode_with_opened(id.value(), bytes.value(), &opened).map(Some)
 }
 
 fn scan_entities(txn: &ReadTransaction, prefix: &[u8]) -> Result<Vec<SignedRecord>, StorageError> {
     let entities = txn.open_table(ENTITIES)?;
     let records = txn.open_table(RECORDS)?;
+    let opened = txn.open_table(OPENED)?;
     let mut out = Vec::new();
     for row in entities.range(prefix..)? {
         let (k, id) = row?;
@@ -220,7 +240,7 @@ fn scan_entities(txn: &ReadTransaction, prefix: &[u8]) -> Result<Vec<SignedRecor
         let Some(bytes) = records.get(id.value())? else {
             return Err(StorageError("index points at a missing record".into()));
         };
-        out.push(decode_stored(bytes.value())?);
+        out.push(decode_with_opened(id.value(), bytes.value(), &opened)?);
     }
     Ok(out)
 }
@@ -255,6 +275,29 @@ fn history(
         let u = keys::user_id(&k[16..])
             .ok_or_else(|| StorageError("damaged membership index".into()))?;
         out.push((u, decode_member_value(k, v.value())?));
+    }
+    Ok(out)
+}
+
+fn cutoff_windows(
+    txn: &ReadTransaction,
+    room: &RoomId,
+    user: &UserId,
+) -> Result<Vec<CutoffWindow>, StorageError> {
+    let t = txn.open_table(CUTOFFS)?;
+    let prefix = keys::room_user(room, user);
+    let mut out = Vec::new();
+    for row in t.range(prefix.as_slice()..)? {
+        let (k, v) = row?;
+        if !k.value().starts_with(&prefix) {
+            break;
+        }
+        let at = keys::hlc(k.value().get(48..).unwrap_or_default())
+            .ok_or_else(|| StorageError("damaged cutoff index".into()))?;
+        out.push(CutoffWindow {
+            after: Hlc(v.value()),
+            at,
+        });
     }
     Ok(out)
 }
@@ -435,6 +478,7 @@ impl Store {
         let txn = self.read()?;
         let logs = txn.open_table(LOGS)?;
         let records = txn.open_table(RECORDS)?;
+        let opened = txn.open_table(OPENED)?;
         let start = match after {
             Some(c) if c.hlc >= from => {
                 // Exclusive: the smallest key after the cursor's.
@@ -444,7 +488,7 @@ impl Store {
             }
             _ => keys::log(room, from, &RecordId([0; 32])),
         };
-        let mut histories: HashMap<UserId, Vec<MemberEntry>> = HashMap::new();
+        let mut histories: HashMap<UserId, (Vec<MemberEntry>, Vec<CutoffWindow>)> = HashMap::new();
         let mut entries = Vec::new();
         let limit = limit.max(1);
         for row in logs.range(start.as_slice()..)? {
@@ -462,21 +506,24 @@ impl Store {
             let Some(bytes) = records.get(id.0.as_slice())? else {
                 return Err(StorageError("log index points at a missing record".into()));
             };
-            let rec = decode_stored(bytes.value())?;
+            let rec = decode_with_opened(&id.0, bytes.value(), &opened)?;
             let Body::RoomLog(l) = &rec.record().body else {
                 return Err(bad());
             };
             let author = rec.record().author;
-            let h = match histories.entry(author) {
+            let (h, cutoffs) = match histories.entry(author) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                std::collections::hash_map::Entry::Vacant(e) => e.insert((
                     history(&txn, room, Some(&author))?
                         .into_iter()
                         .map(|(_, e)| e)
                         .collect(),
-                ),
+                    cutoff_windows(&txn, room, &author)?,
+                )),
             };
-            if check_log_membership(rec.record(), &info, h).is_err() {
+            // The write path keeps only entries that pass; judging them
+            // again costs little and guards the read path on its own.
+            if check_log_membership(rec.record(), &info, h, cutoffs).is_err() {
                 continue;
             }
             entries.push(LogEntry {

@@ -4,55 +4,121 @@
 //!
 //! The listings come from the indexes, not from decoding records, so a room
 //! with 10,000 log entries lists in a few milliseconds. A room's records are
-//! its winning room record (or the tombstone that deleted it), its channels'
-//! winners (or tombstones), its whole membership history and its log: every
-//! record in force whose `record.room()` is the room. Pending records are not
-//! listed (they are not in force yet).
+//! its winning room record (or the tombstone that deleted it), its grants,
+//! its channels' winners (or tombstones), its whole membership history, its
+//! cutoffs, its log and its sealed records (opened here or not): every
+//! record in force whose `record.room()` is the room, then the profiles of
+//! its owner and of the users with a plaintext Member record in it.
+//! Pending records are not listed (they are not in force yet).
+//!
+//! A sealed record is listed under [`RANK_SEALED_OWNER`] or [`RANK_SEALED`]
+//! by its outer author alone, never by what it holds, so a member and a
+//! non-member list the same items for the same records. Ranks sort parents
+//! first: the room, plaintext membership, channels and log, then grants
+//! (which open sealed records), the owner's sealed records (admissions,
+//! channels, cutoffs), everyone else's, and profiles last (a profile is kept
+//! only once its user has a standing here).
+
+use std::collections::HashSet;
 
 use redb::ReadableDatabase;
-use tincan_core::{EntityKey, RecordId, RoomId};
+use tincan_core::{EntityKey, RecordId, RoomId, UserId};
 
 use crate::error::StorageError;
-use crate::{ENTITIES, LOGS, MEMBERS, RECORDS, Store, keys};
+use crate::{CUTOFFS, ENTITIES, GRANTS, LOGS, MEMBERS, RECORDS, SEALED_IN_ROOM, Store, keys};
 
-/// Dependency rank of profiles, as [`Store::room_sync_items`] gives it.
+/// Dependency rank of profiles, as [`Store::profile_sync_items`] gives it.
 pub const RANK_PROFILE: u8 = 0;
 /// Dependency rank of room records and room deletes.
 pub const RANK_ROOM: u8 = 1;
-/// Dependency rank of membership records.
+/// Dependency rank of plaintext membership records and cutoffs.
 pub const RANK_MEMBER: u8 = 2;
-/// Dependency rank of channels and channel deletes.
+/// Dependency rank of plaintext channels and channel deletes.
 pub const RANK_CHANNEL: u8 = 3;
-/// Dependency rank of log entries.
+/// Dependency rank of plaintext log entries.
 pub const RANK_LOG: u8 = 4;
+/// Dependency rank of key grants: after the room, before sealed records.
+pub const RANK_GRANT: u8 = 5;
+/// Dependency rank of sealed records written by the room's owner.
+pub const RANK_SEALED_OWNER: u8 = 6;
+/// Dependency rank of sealed records written by anyone else.
+pub const RANK_SEALED: u8 = 7;
+/// Dependency rank of profiles within a room's listing: last.
+pub const RANK_ROOM_PROFILE: u8 = 8;
 
 impl Store {
-    /// The records in force of `room`, as `(rank, id)` sorted by rank then
-    /// id. Ranks order records parents first: [`RANK_ROOM`], [`RANK_MEMBER`],
-    /// [`RANK_CHANNEL`], [`RANK_LOG`], so a node that applies records in this
-    /// order never parks one for a missing room.
+    /// The records in force of `room`, and the profiles of its owner and
+    /// plaintext users, as `(rank, id)` sorted by rank then id, parents
+    /// first (see the module's doc), so a node that applies records in this
+    /// order parks none for a missing parent. The profiles of users whose
+    /// membership is sealed are not listed: their list is what sealing
+    /// hides from a peer that holds only the locator.
     pub fn room_sync_items(&self, room: &RoomId) -> Result<Vec<(u8, RecordId)>, StorageError> {
         let txn = self.db.begin_read()?;
         let entities = txn.open_table(ENTITIES)?;
         let mut out = Vec::new();
         let bad = || StorageError("damaged index while listing a room for sync".into());
+        let sealed_table = txn.open_table(SEALED_IN_ROOM)?;
+        let mut sealed = HashSet::new();
+        for row in sealed_table.range(room.0.as_slice()..)? {
+            let (k, v) = row?;
+            let k = k.value();
+            if !k.starts_with(&room.0) {
+                break;
+            }
+            let id = keys::record_id(k.get(16..).ok_or_else(bad)?).ok_or_else(bad)?;
+            sealed.insert(id);
+            out.push((v.value(), id));
+        }
+        let mut owner = None;
         if let Some(key) = keys::entity(&EntityKey::Room(*room))
             && let Some(v) = entities.get(key.as_slice())?
         {
-            out.push((RANK_ROOM, keys::record_id(v.value()).ok_or_else(bad)?));
+            let id = keys::record_id(v.value()).ok_or_else(bad)?;
+            out.push((RANK_ROOM, id));
+            let records = txn.open_table(RECORDS)?;
+            if let Some(bytes) = records.get(id.0.as_slice())? {
+                owner = Some(crate::query::decode_stored(bytes.value())?.record().author);
+            }
+        }
+        let grants = txn.open_table(GRANTS)?;
+        for row in grants.range(room.0.as_slice()..)? {
+            let (k, _) = row?;
+            let k = k.value();
+            if !k.starts_with(&room.0) {
+                break;
+            }
+            out.push((
+                RANK_GRANT,
+                keys::record_id(k.get(20..).ok_or_else(bad)?).ok_or_else(bad)?,
+            ));
         }
         let members = txn.open_table(MEMBERS)?;
         let prefix = keys::member_prefix(room, None);
+        let mut users: Vec<UserId> = owner.into_iter().collect();
         for row in members.range(prefix.as_slice()..)? {
             let (k, _) = row?;
             let k = k.value();
             if !k.starts_with(&prefix) {
                 break;
             }
-            out.push((
-                RANK_MEMBER,
-                keys::record_id(k.get(56..).ok_or_else(bad)?).ok_or_else(bad)?,
-            ));
+            let id = keys::record_id(k.get(56..).ok_or_else(bad)?).ok_or_else(bad)?;
+            if !sealed.contains(&id) {
+                out.push((RANK_MEMBER, id));
+                users.push(keys::user_id(k.get(16..).ok_or_else(bad)?).ok_or_else(bad)?);
+            }
+        }
+        let cutoffs = txn.open_table(CUTOFFS)?;
+        for row in cutoffs.range(room.0.as_slice()..)? {
+            let (k, _) = row?;
+            let k = k.value();
+            if !k.starts_with(&room.0) {
+                break;
+            }
+            let id = keys::record_id(k.get(56..).ok_or_else(bad)?).ok_or_else(bad)?;
+            if !sealed.contains(&id) {
+                out.push((RANK_MEMBER, id));
+            }
         }
         let prefix = keys::channel_prefix(room);
         for row in entities.range(prefix.as_slice()..)? {
@@ -60,7 +126,10 @@ impl Store {
             if !k.value().starts_with(&prefix) {
                 break;
             }
-            out.push((RANK_CHANNEL, keys::record_id(v.value()).ok_or_else(bad)?));
+            let id = keys::record_id(v.value()).ok_or_else(bad)?;
+            if !sealed.contains(&id) {
+                out.push((RANK_CHANNEL, id));
+            }
         }
         let logs = txn.open_table(LOGS)?;
         for row in logs.range(room.0.as_slice()..)? {
@@ -69,10 +138,22 @@ impl Store {
             if !k.starts_with(&room.0) {
                 break;
             }
-            out.push((
-                RANK_LOG,
-                keys::record_id(k.get(24..).ok_or_else(bad)?).ok_or_else(bad)?,
-            ));
+            let id = keys::record_id(k.get(24..).ok_or_else(bad)?).ok_or_else(bad)?;
+            if !sealed.contains(&id) {
+                out.push((RANK_LOG, id));
+            }
+        }
+        users.sort_unstable();
+        users.dedup();
+        for user in users {
+            if let Some(key) = keys::entity(&EntityKey::Profile(user))
+                && let Some(v) = entities.get(key.as_slice())?
+            {
+                out.push((
+                    RANK_ROOM_PROFILE,
+                    keys::record_id(v.value()).ok_or_else(bad)?,
+                ));
+            }
         }
         out.sort_unstable();
         out.dedup();
@@ -198,6 +279,9 @@ mod tests {
                 (RANK_MEMBER, join.id()),
                 (RANK_CHANNEL, ch2.id()),
                 (RANK_LOG, log.id()),
+                // The guest has a standing in the room: their profile comes
+                // with it (the owner has none here).
+                (RANK_ROOM_PROFILE, profile.id()),
             ]
         );
         assert_eq!(

@@ -116,21 +116,23 @@ fn room_log_by_a_non_member() {
     let rec = make::log(&w.other, t(5), w.room, "said hi").unwrap();
     let info = w.store.room(&w.room).unwrap().unwrap().info();
     assert_eq!(
-        tincan_core::rules::check_log_membership(rec.record(), &info, &[]),
+        tincan_core::rules::check_log_membership(rec.record(), &info, &[], &[]),
         Err(RuleError::NotAMember { room: w.room })
     );
-    // ...and the store never shows it: with no membership at all it waits
-    // (the Member record may still be on its way); written before joining,
-    // it is kept hidden.
+    // ...and the store never stores it: it waits (the Member record may
+    // still be on its way), and written before joining it waits too, in the
+    // small group kept per author, never in the store.
     assert!(matches!(w.store.apply(rec).unwrap(), Applied::Pending(_)));
     w.store
         .apply(make::join(&w.other, t(10), w.room).unwrap())
         .unwrap();
     let early = make::log(&w.other, t(6), w.room, "before joining").unwrap();
+    let early_id = early.id();
     assert_eq!(
         w.store.apply(early).unwrap(),
-        Applied::StoredHidden(RuleError::NotAMember { room: w.room })
+        Applied::Pending(tincan_store::Waiting::Membership(w.room, w.other.id()))
     );
+    assert!(w.store.record(&early_id).unwrap().is_none());
     let page = w
         .store
         .log(&w.room, Hlc::ZERO, Hlc::MAX, None, 100)
@@ -165,6 +167,10 @@ fn room_log_about_someone_else() {
 #[test]
 fn profile_changed_by_another_user() {
     let w = world();
+    // A profile is kept only for a user with a standing here.
+    w.store
+        .apply(make::join(&w.other, t(2), w.room).unwrap())
+        .unwrap();
     w.store
         .apply(make::profile(&w.other, t(2), "other").unwrap())
         .unwrap();

@@ -403,3 +403,76 @@ fn a_batch_reports_what_became_of_records_that_waited_within_it() {
     );
     assert_eq!(out[2], Ok(Applied::Stored));
 }
+
+#[test]
+fn a_store_written_before_sealed_rooms_opens_and_keeps_working() {
+    // fixtures/store-v1.redb was written through the store's API as it was
+    // at commit d04aeb6 (schema 1: the old tables only): an open room with a
+    // channel, a member and their entry; an invite-only room with the
+    // owner's entry and a join request whose entry was "stored hidden";
+    // three profiles.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.redb");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/store-v1.redb"),
+        &path,
+    )
+    .unwrap();
+    let owner = UserKey::from_seed(&[1; 32]);
+    let a = UserKey::from_seed(&[2; 32]);
+    let b = UserKey::from_seed(&[3; 32]);
+    let open = tincan_core::RoomId::derive(&owner.id(), &[1; 16]);
+    let invite = tincan_core::RoomId::derive(&owner.id(), &[2; 16]);
+    let actions = |s: &Store, room| {
+        s.log(&room, Hlc::ZERO, Hlc::MAX, None, 100)
+            .unwrap()
+            .entries
+            .into_iter()
+            .map(|e| e.action)
+            .collect::<Vec<_>>()
+    };
+    {
+        let s = Store::open(&path, StoreConfig::default()).unwrap();
+        assert_eq!(s.rooms().unwrap().len(), 2);
+        assert_eq!(s.channels(&open).unwrap().len(), 1);
+        assert_eq!(actions(&s, open), ["a spoke"]);
+        assert!(s.membership(&open, &a.id()).unwrap().is_member());
+        assert_eq!(actions(&s, invite), ["owner spoke"]);
+        assert_eq!(
+            s.membership(&invite, &b.id()).unwrap(),
+            Membership::Requested
+        );
+        // The entry stored hidden under the old rules now waits instead.
+        assert_eq!(s.records().unwrap().len(), 10);
+        assert_eq!(s.pending_len().unwrap(), 1);
+        // Everyone with a profile has a standing here.
+        assert_eq!(s.profiles().unwrap().len(), 3);
+        // Old records keep their ids: the indexes still point at them.
+        for r in s.records().unwrap() {
+            assert_eq!(s.record(&r.id()).unwrap().unwrap(), r);
+        }
+        // New writes work, sealed ones included, once the owner unlocks.
+        s.unlock_user(&owner).unwrap();
+        let rec = s
+            .prepare_write(
+                &owner,
+                t(100),
+                tincan_core::Body::RoomLog(tincan_core::RoomLog {
+                    room: invite,
+                    user: owner.id(),
+                    action: "sealed now".into(),
+                }),
+            )
+            .unwrap();
+        assert!(rec.is_sealed());
+        assert_eq!(s.apply(rec).unwrap(), Applied::Stored);
+        assert_eq!(actions(&s, invite), ["owner spoke", "sealed now"]);
+        s.apply(make::log(&a, t(101), open, "still plain").unwrap())
+            .unwrap();
+    }
+    // And it opens again, as a store of today.
+    let s = Store::open(&path, StoreConfig::default()).unwrap();
+    assert_eq!(actions(&s, open), ["a spoke", "still plain"]);
+    assert_eq!(actions(&s, invite), ["owner spoke", "sealed now"]);
+    assert!(s.room_key(&invite).unwrap().is_some());
+}
