@@ -240,6 +240,11 @@ pub enum RoomAction {
     },
     /// Join a room (or ask to join an invite-only one)
     Join {
+        /// Room id, unique prefix, or an invite link (tincan://join/...)
+        room: String,
+    },
+    /// Print the invite link of a room, to share with who you invite
+    Link {
         /// Room id or unique prefix
         room: String,
     },
@@ -1170,20 +1175,53 @@ fn room_command(ctx: &Ctx, action: RoomAction) -> Result<()> {
                 MemberAction::Ban => (MemberRole::Participant, MemberState::Banned),
             };
             let hlc = node.now()?;
-            let rec = make::member(node.user_key(), hlc, r.id, user, role, state)?;
-            node.write(rec)?;
+            if matches!(state, MemberState::Kicked | MemberState::Banned) {
+                // The Member record and a cutoff: entries they date after
+                // what this node has seen of them stay hidden everywhere.
+                for rec in node
+                    .store
+                    .removal(node.user_key(), &r.id, &user, state, hlc)?
+                {
+                    node.write(rec)?;
+                }
+            } else {
+                let rec = make::member(node.user_key(), hlc, r.id, user, role, state)?;
+                node.write(rec)?;
+            }
             let m = node.store.membership(&r.id, &user)?;
+            let link = match (action, &node.mesh) {
+                (MemberAction::Invite, Some(mesh)) => {
+                    Some(mesh.runtime.block_on(mesh.mesh.invite(r.id))?.to_link())
+                }
+                _ => None,
+            };
             ctx.print(
-                json!({"room": r.id.to_hex(), "user": user.to_hex(), "state": m.as_str()}),
+                json!({"room": r.id.to_hex(), "user": user.to_hex(), "state": m.as_str(), "link": link}),
                 || {
-                    format!(
+                    let mut s = format!(
                         "{} is now {} in {}",
                         user.fingerprint(),
                         m.as_str(),
                         r.room.title
-                    )
+                    );
+                    if let Some(link) = &link {
+                        s.push_str(&format!("\nsend them this link: {link}"));
+                    }
+                    s
                 },
             );
+            Ok(())
+        }
+        RoomAction::Link { room } => {
+            let node = ctx.unlock_running()?;
+            let r = resolve_room(&node.store, &room)?;
+            let Some(mesh) = &node.mesh else {
+                bail!("an invite link names this node's addresses: start `tincan up` first");
+            };
+            let link = mesh.runtime.block_on(mesh.mesh.invite(r.id))?.to_link();
+            ctx.print(json!({"room": r.id.to_hex(), "link": link}), || {
+                link.clone()
+            });
             Ok(())
         }
         RoomAction::Delete { room } => {
@@ -1209,6 +1247,17 @@ const ROOM_ARRIVAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// Finds a room; on a running node, a full room id it has not seen yet is
 /// fetched from peers first (follow its topic, wait for catch-up sync).
 fn resolve_or_fetch_room(node: &Node, text: &str) -> Result<RoomView> {
+    if text.trim().starts_with("tincan://") {
+        let invite = tincan_core::invite::Invite::parse(text)?;
+        let Some(link) = &node.mesh else {
+            bail!("joining by invite link needs the running node: start `tincan up` first");
+        };
+        link.runtime.block_on(link.mesh.accept_invite(&invite))?;
+        if let Some(r) = node.store.room(&invite.room)? {
+            return Ok(r);
+        }
+        return wait_for_room(node, invite.room);
+    }
     let id = match resolve_room(&node.store, text) {
         Ok(r) => return Ok(r),
         Err(e) => match (RoomId::from_hex(text.trim()), &node.mesh) {
@@ -1217,6 +1266,11 @@ fn resolve_or_fetch_room(node: &Node, text: &str) -> Result<RoomView> {
         },
     };
     node.follow(id);
+    wait_for_room(node, id)
+}
+
+/// Waits (bounded) for a followed room to arrive by sync.
+fn wait_for_room(node: &Node, id: RoomId) -> Result<RoomView> {
     let deadline = std::time::Instant::now() + ROOM_ARRIVAL_TIMEOUT;
     while std::time::Instant::now() < deadline {
         if let Some(r) = node.store.room(&id)? {
@@ -1237,6 +1291,19 @@ fn self_membership(ctx: &Ctx, room: &str, state: MemberState) -> Result<()> {
     let me = node.user_key().id();
     if r.owner == me {
         bail!("you own {}: owners are always members", r.id);
+    }
+    if state == MemberState::Joined
+        && r.room.settings.join_policy == JoinPolicy::Invite
+        && node.mesh.is_some()
+        && node.store.locator(&r.id)?.is_some()
+    {
+        // An invitee's join is sealed once the owner's grant is here (it
+        // follows the invite by a moment); without it, it goes out as a
+        // plaintext join request.
+        let deadline = std::time::Instant::now() + ROOM_ARRIVAL_TIMEOUT;
+        while node.store.room_key(&r.id)?.is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
     let hlc = node.now()?;
     let rec = make::member(
@@ -1358,8 +1425,7 @@ fn log_command(ctx: &Ctx, action: LogAction) -> Result<()> {
             }
             let hlc = node.now()?;
             let rec = make::log(node.user_key(), hlc, r.id, &action)?;
-            let id = rec.id();
-            let a = node.write(rec)?;
+            let (a, id) = node.write(rec)?;
             ctx.print(json!({"id": id.to_hex(), "outcome": outcome(&a)}), || {
                 format!("logged {id}")
             });

@@ -156,6 +156,12 @@ async fn serve(mut node: Node, options: UpOptions) -> Result<()> {
         }
         None => None,
     };
+    // The owner's side of sealed rooms: grants for the users unlocked here.
+    let _upkeep = AbortOnDrop(tokio::spawn(tincan_mesh::upkeep::run_key_upkeep(
+        mesh.clone(),
+        node.store.clone(),
+        node.clock(),
+    )));
     node.mesh = Some(crate::node::MeshLink {
         mesh: mesh.clone(),
         runtime: tokio::runtime::Handle::current(),

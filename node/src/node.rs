@@ -84,6 +84,9 @@ impl Node {
             );
         }
         let store = Arc::new(open_store(&dir)?);
+        // In memory only: the store opens grants to this user and, for the
+        // rooms it owns, derives their keys (sealed invite-only rooms).
+        store.unlock_user(&identity.user_key)?;
         Ok(Node {
             dir,
             identity,
@@ -111,7 +114,13 @@ impl Node {
 
     /// Applies a record we signed and, when the mesh runs, gossips it; a
     /// refusal is an error in the rules' words.
-    pub fn write(&self, record: SignedRecord) -> Result<Applied> {
+    /// Returns the outcome and the id of the record as written (a sealed
+    /// record has an id of its own).
+    pub fn write(&self, record: SignedRecord) -> Result<(Applied, tincan_core::RecordId)> {
+        // Sealed when its room is invite-only: nothing of such a room
+        // leaves this node in plaintext.
+        let record = self.store.prepare_signed(self.user_key(), record)?;
+        let id = record.id();
         // Only a running mesh needs its own copy, to gossip.
         let to_gossip = self.mesh.as_ref().map(|link| (link, record.clone()));
         let applied = match self.store.apply(record) {
@@ -124,7 +133,7 @@ impl Node {
             // sync hands it over later.
             link.runtime.block_on(link.mesh.gossip_own(record));
         }
-        Ok(applied)
+        Ok((applied, id))
     }
 
     /// Follows a room on the mesh (gossip and sync), when the mesh runs.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 use tincan_core::{
     Body, ChannelId, Hlc, JoinPolicy, MemberRole, MemberState, RoomId, RoomSettings, RuleError,
-    SignedRecord, UserId, make, permissions,
+    SignedRecord, UserId, UserKey, make, permissions,
 };
 use tincan_store::{Applied, ApplyError, RoomView};
 
@@ -26,6 +26,19 @@ fn rule_error(e: RuleError) -> ParseError {
         other => ParseError::forbidden(format!(
             "refused by the rules: {other}; nothing was changed"
         )),
+    }
+}
+
+/// A local write that could not be prepared: no key yet for an
+/// invite-only room (119, with what to wait for), or a store failure.
+fn write_error(e: tincan_store::WriteError) -> ParseError {
+    match e {
+        tincan_store::WriteError::NoKey { .. }
+        | tincan_store::WriteError::NotOwner { .. }
+        | tincan_store::WriteError::UnknownRoom(_) => {
+            ParseError::forbidden(format!("{e}; nothing was changed"))
+        }
+        other => ParseError::internal(other),
     }
 }
 
@@ -88,24 +101,52 @@ fn is_delete_op(v: &Value) -> bool {
 }
 
 impl ApiState {
-    /// Applies a record signed for a local user and gossips it. A refusal by
-    /// the rules is 119 (142 for a bad value) and changes nothing.
-    pub(crate) async fn write(&self, record: SignedRecord) -> ApiResult<Applied> {
+    /// Applies a record a local user signed (sealed first when its room is
+    /// invite-only: [`tincan_store::Store::prepare_signed`]) and gossips
+    /// it; returns the outcome and the id of the record as written (a sealed
+    /// record has an id of its own). A refusal by the rules is 119 (142 for
+    /// a bad value) and changes nothing.
+    pub(crate) async fn write(
+        &self,
+        author: &UserKey,
+        record: SignedRecord,
+    ) -> ApiResult<(Applied, tincan_core::RecordId)> {
         let store = self.inner.store.clone();
-        let copy = record.clone();
-        let applied = tokio::task::spawn_blocking(move || store.apply(copy))
-            .await
-            .map_err(ParseError::internal)?;
+        let author = UserKey::from_seed(&author.seed());
+        let prepared = tokio::task::spawn_blocking(move || {
+            let record = store.prepare_signed(&author, record)?;
+            let applied = store.apply(record.clone());
+            Ok::<_, tincan_store::WriteError>((record, applied))
+        })
+        .await
+        .map_err(ParseError::internal)?;
+        let (record, applied) = match prepared {
+            Ok(p) => p,
+            Err(e) => return Err(write_error(e)),
+        };
         let applied = match applied {
             Ok(a) => a,
             Err(ApplyError::Rejected(e)) => return Err(rule_error(e)),
             Err(ApplyError::Decode(e)) => return Err(ParseError::internal(e)),
             Err(e) => return Err(ParseError::internal(e)),
         };
+        let id = record.id();
         if let (Some(mesh), Applied::Stored) = (&self.inner.mesh, &applied) {
             mesh.gossip_own(record).await;
         }
-        Ok(applied)
+        Ok((applied, id))
+    }
+
+    /// Keeps a signed-in user's key in the store's memory (never on
+    /// disk), so that grants to them are opened and the invite-only rooms
+    /// they own have their keys.
+    pub(crate) async fn unlock(&self, s: &Session) -> ApiResult<()> {
+        let store = self.inner.store.clone();
+        let key = UserKey::from_seed(&s.key.seed());
+        tokio::task::spawn_blocking(move || store.unlock_user(&key))
+            .await
+            .map_err(ParseError::internal)??;
+        Ok(())
     }
 
     /// A timestamp for a new record.
@@ -374,7 +415,7 @@ impl ApiState {
                 let hlc = self.now()?;
                 let (id, rec) =
                     make::room(key, hlc, nonce, &title, settings).map_err(sign_error)?;
-                self.write(rec).await?;
+                self.write(&s.key, rec).await?;
                 self.follow(id).await;
                 (id.to_hex(), hlc)
             }
@@ -399,7 +440,7 @@ impl ApiState {
                 let hlc = self.now()?;
                 let rec = make::channel(key, hlc, r.id, id, &name, &description, perms)
                     .map_err(sign_error)?;
-                self.write(rec).await?;
+                self.write(&s.key, rec).await?;
                 (id.to_hex(), hlc)
             }
             Class::RoomLog => {
@@ -426,8 +467,7 @@ impl ApiState {
                 }
                 let hlc = self.now()?;
                 let rec = make::log(key, hlc, r.id, &action).map_err(sign_error)?;
-                let id = rec.id();
-                self.write(rec).await?;
+                let (_, id) = self.write(&s.key, rec).await?;
                 (id.to_hex(), hlc)
             }
         };
@@ -473,7 +513,7 @@ impl ApiState {
                     let hlc = self.now()?;
                     let (_, rec) = make::room(key, hlc, room.nonce, &room.title, room.settings)
                         .map_err(sign_error)?;
-                    self.write(rec).await?;
+                    self.write(&s.key, rec).await?;
                     last = Some(hlc);
                 }
                 if let Some(op) = fields.get("members") {
@@ -514,7 +554,7 @@ impl ApiState {
                     ch.permissions,
                 )
                 .map_err(sign_error)?;
-                self.write(rec).await?;
+                self.write(&s.key, rec).await?;
                 last = Some(hlc);
             }
             Class::RoomLog => {
@@ -566,6 +606,23 @@ impl ApiState {
                 }
                 let hlc = self.now()?;
                 last = Some(hlc);
+                if state_other == MemberState::Kicked {
+                    // A removal is the Member record and a cutoff (their
+                    // entries dated after what we have seen stay hidden).
+                    let store = self.inner.store.clone();
+                    let key = UserKey::from_seed(&s.key.seed());
+                    let room = r.id;
+                    let records = tokio::task::spawn_blocking(move || {
+                        store.removal(&key, &room, &user, MemberState::Kicked, hlc)
+                    })
+                    .await
+                    .map_err(ParseError::internal)?
+                    .map_err(write_error)?;
+                    for rec in records {
+                        self.write(&s.key, rec).await?;
+                    }
+                    continue;
+                }
                 make::member(
                     &s.key,
                     hlc,
@@ -576,7 +633,7 @@ impl ApiState {
                 )
                 .map_err(sign_error)?
             };
-            self.write(rec).await?;
+            self.write(&s.key, rec).await?;
             if user == s.user {
                 match state_self {
                     MemberState::Joined => self.follow(r.id).await,
@@ -620,7 +677,7 @@ impl ApiState {
             let rec = make::profile(&s.key, hlc, &name).map_err(sign_error)?;
             tincan_core::rules::check_standalone(rec.record()).map_err(rule_error)?;
             self.inner.accounts.rename(&s.user, &name)?;
-            self.write(rec).await?;
+            self.write(&s.key, rec).await?;
         }
         if let Some(pw) = string_field(fields, "password", Class::User)? {
             self.inner.accounts.change_password(s, &pw).await?;
@@ -667,8 +724,11 @@ impl ApiState {
                     )));
                 }
                 let hlc = self.now()?;
-                self.write(make::delete_room(&s.key, hlc, r.room.nonce).map_err(sign_error)?)
-                    .await?;
+                self.write(
+                    &s.key,
+                    make::delete_room(&s.key, hlc, r.room.nonce).map_err(sign_error)?,
+                )
+                .await?;
                 Ok(())
             }
             Class::Channel => {
@@ -680,6 +740,7 @@ impl ApiState {
                 // Signed and applied even for a non-owner: the store's rules
                 // refuse it (119), the same rule every node applies.
                 self.write(
+                    &s.key,
                     make::delete_channel(&s.key, hlc, r.id, c.channel.id).map_err(sign_error)?,
                 )
                 .await?;
@@ -695,7 +756,7 @@ impl ApiState {
     pub(crate) async fn write_profile(&self, s: &Session) -> ApiResult<Hlc> {
         let hlc = self.now()?;
         let rec = make::profile(&s.key, hlc, &s.username).map_err(sign_error)?;
-        self.write(rec).await?;
+        self.write(&s.key, rec).await?;
         Ok(hlc)
     }
 

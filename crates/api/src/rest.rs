@@ -252,6 +252,7 @@ pub(crate) async fn dispatch(state: &ApiState, call: Call) -> ApiResult<(StatusC
                 .accounts
                 .sign_up(&username, &password, email)
                 .await?;
+            state.unlock(&l.session).await?;
             let hlc = state.write_profile(&l.session).await?;
             Ok((
                 StatusCode::CREATED,
@@ -272,6 +273,7 @@ pub(crate) async fn dispatch(state: &ApiState, call: Call) -> ApiResult<(StatusC
             let username = field_str(src, "username")?.to_owned();
             let password = field_str(src, "password")?.to_owned();
             let l = state.inner.accounts.log_in(&username, &password).await?;
+            state.unlock(&l.session).await?;
             ok(user_with_session(state, &l).await?)
         }
         ("POST", ["logout"]) => {

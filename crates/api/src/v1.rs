@@ -37,6 +37,8 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
         .route("/v1/rooms/nearby", get(nearby_rooms))
+        .route("/v1/rooms/invite", post(room_invite))
+        .route("/v1/rooms/accept", post(room_accept))
         .route("/v1/voice/status", get(voice_status))
         .route("/v1/voice/presence", post(voice_presence))
         .route("/v1/voice/join", post(voice_join))
@@ -261,6 +263,64 @@ async fn nearby_rooms(State(state): State<ApiState>, req: Request) -> Response {
         })
         .collect();
     reply(Ok(json!({"rooms": list})))
+}
+
+/// The invite link of a room the caller can read: with the room's locator
+/// secret for an invite-only room (what lets an invitee's node find and
+/// sync it) and this node's addresses. Invite the user first (Room
+/// `members`), then send them the link.
+async fn room_invite(State(state): State<ApiState>, req: Request) -> Response {
+    let (s, call) = with_session!(state, req);
+    let r = async {
+        let room = model::room_id(str_field(&call.body, "room")?)?;
+        let store = &state.inner.store;
+        let visible = match store.room(&room)? {
+            Some(rv) => model::can_read_room(store, &rv, &s.user)?,
+            None => false,
+        };
+        if !visible {
+            return Err(ParseError::not_found(format!(
+                "no Room {room} visible to you on this node"
+            )));
+        }
+        let Some(mesh) = &state.inner.mesh else {
+            return Err(ParseError::new(
+                code::INTERNAL_SERVER_ERROR,
+                "an invite link names this node's addresses: the mesh is not running",
+            ));
+        };
+        let invite = mesh
+            .invite(room)
+            .await
+            .map_err(|e| ParseError::forbidden(e.to_string()))?;
+        Ok(json!({"room": room.to_hex(), "link": invite.to_link()}))
+    }
+    .await;
+    reply(r)
+}
+
+/// Accepts an invite link: this node keeps its locator, dials the inviter
+/// and follows the room. The room arrives by sync; then join it (Room
+/// `members`) once the owner's grant has reached you.
+async fn room_accept(State(state): State<ApiState>, req: Request) -> Response {
+    let (_, call) = with_session!(state, req);
+    let r = async {
+        let link = str_field(&call.body, "link")?;
+        let invite = tincan_core::invite::Invite::parse(link)
+            .map_err(|e| ParseError::new(code::INVALID_JSON, format!("not an invite link: {e}")))?;
+        let Some(mesh) = &state.inner.mesh else {
+            return Err(ParseError::new(
+                code::INTERNAL_SERVER_ERROR,
+                "accepting an invite needs the mesh, which is not running",
+            ));
+        };
+        mesh.accept_invite(&invite)
+            .await
+            .map_err(|e| ParseError::new(code::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        Ok(json!({"room": invite.room.to_hex()}))
+    }
+    .await;
+    reply(r)
 }
 
 async fn peers(State(state): State<ApiState>, req: Request) -> Response {

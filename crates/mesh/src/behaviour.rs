@@ -75,6 +75,17 @@ pub fn voice_topic(room: &RoomId) -> IdentTopic {
     IdentTopic::new(format!("tincan/voice/{}", room.to_hex()))
 }
 
+/// The gossip topic of an invite-only room, named by its locator id so
+/// that nothing of the room is published under its public id.
+pub fn sealed_topic(locator: &tincan_core::seal::LocatorId) -> IdentTopic {
+    IdentTopic::new(format!("tincan/sealed/{}", locator.to_hex()))
+}
+
+/// The voice topic of an invite-only room (see [`sealed_topic`]).
+pub fn sealed_voice_topic(locator: &tincan_core::seal::LocatorId) -> IdentTopic {
+    IdentTopic::new(format!("tincan/sealed-voice/{}", locator.to_hex()))
+}
+
 /// The gossip topic of profiles.
 pub fn profiles_topic() -> IdentTopic {
     IdentTopic::new("tincan/profiles")

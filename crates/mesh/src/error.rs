@@ -57,6 +57,9 @@ pub enum SubscribeError {
     /// gossipsub refused.
     #[error("cannot subscribe to the room's topic: {0}")]
     Gossip(String),
+    /// The local store failed (keeping an invite's locator).
+    #[error("cannot keep the invite in the store: {0}")]
+    Storage(#[from] tincan_store::StorageError),
     /// The node has stopped.
     #[error(transparent)]
     Stopped(#[from] Stopped),

@@ -49,7 +49,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::behaviour::{
     Behaviour, BehaviourEvent, KAD_PROTOCOL, build_swarm_with_metrics, profiles_topic, room_topic,
-    topic_score_params, voice_topic,
+    sealed_topic, sealed_voice_topic, topic_score_params, voice_topic,
 };
 use crate::config::{Limits, MeshConfig};
 use crate::error::{DialError, PublishError, StartError, Stopped, SubscribeError};
@@ -140,6 +140,12 @@ type SessionKey = (PeerId, Scope);
 enum Command {
     Publish {
         topic: IdentTopic,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<bool, String>>,
+    },
+    /// A record on its room's topic, as this node names it (see [`Wire`]).
+    PublishRecord {
+        room: Option<RoomId>,
         bytes: Vec<u8>,
         reply: oneshot::Sender<Result<bool, String>>,
     },
@@ -372,7 +378,7 @@ impl Mesh {
         // backstop: producers wait, they never drop.
         let (internal_tx, internal_rx) = mpsc::channel(1024);
         let mut topics = HashMap::new();
-        topics.insert(profiles.hash(), Scope::Profiles);
+        topics.insert(profiles.hash(), Holds::Profiles);
         let (signals, _) = tokio::sync::broadcast::channel(SIGNAL_QUEUE);
         let driver = Driver {
             swarm,
@@ -392,7 +398,7 @@ impl Mesh {
             circuit_limits: HashMap::new(),
             limits,
             config,
-            rooms: HashSet::new(),
+            rooms: HashMap::new(),
             topics,
             peers: HashMap::new(),
             sessions: HashMap::new(),
@@ -462,7 +468,7 @@ impl Mesh {
     pub async fn publish(&self, record: SignedRecord) -> Result<bool, PublishError> {
         let store = self.store.clone();
         let bytes = record.to_bytes();
-        let topic = topic_of(&record);
+        let room = record.record().room();
         let applied = tokio::task::spawn_blocking(move || store.apply(record))
             .await
             .map_err(|e| PublishError::Storage(tincan_store::StorageError(e.to_string())))?;
@@ -476,7 +482,9 @@ impl Mesh {
                 )));
             }
         }
-        self.publish_unchecked(topic, bytes).await
+        self.ask(|reply| Command::PublishRecord { room, bytes, reply })
+            .await?
+            .map_err(PublishError::Gossip)
     }
 
     /// Gossips a record the local user wrote and already applied. Stored is
@@ -562,6 +570,81 @@ impl Mesh {
         self.ask(|reply| Command::ListenAddrs { reply }).await
     }
 
+    /// An invite to `room` from this node: its locator secret when the room
+    /// is invite-only and this store holds it (an owner, or a member who
+    /// was granted it), and the addresses this node listens on, so the
+    /// invitee can dial it first. Share its [`Invite::to_link`] with the
+    /// people you invited; anyone holding it can find the room and read
+    /// its `Room` record, only members the owner grants can read the rest.
+    ///
+    /// [`Invite::to_link`]: tincan_core::invite::Invite::to_link
+    pub async fn invite(
+        &self,
+        room: RoomId,
+    ) -> Result<tincan_core::invite::Invite, tincan_store::StorageError> {
+        let store = self.store.clone();
+        let (locator, invite_only) = tokio::task::spawn_blocking(move || {
+            let locator = store.locator(&room)?;
+            let invite_only = sealed_here(&store, &room)?;
+            Ok::<_, tincan_store::StorageError>((locator, invite_only))
+        })
+        .await
+        .map_err(|e| tincan_store::StorageError(e.to_string()))??;
+        if invite_only && locator.is_none() {
+            return Err(tincan_store::StorageError(format!(
+                "room {room} is invite-only and this node holds no locator for it yet: only its owner, or a member once granted, can invite"
+            )));
+        }
+        let me = self.peer_id;
+        let via = self
+            .listen_addrs()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| {
+                !a.iter()
+                    .any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_unspecified()))
+            })
+            .map(|a| {
+                if a.iter().any(|p| matches!(p, Protocol::P2p(_))) && !is_circuit(&a) {
+                    a
+                } else {
+                    a.with(Protocol::P2p(me))
+                }
+            })
+            .map(|a| a.to_string())
+            .filter(|a| a.len() <= tincan_core::invite::MAX_VIA_BYTES)
+            .take(tincan_core::invite::MAX_VIA)
+            .collect();
+        Ok(tincan_core::invite::Invite { room, locator, via })
+    }
+
+    /// Accepts an invite: keeps its locator (an invite-only room is found
+    /// and synced only through it), dials the addresses it names, and
+    /// follows the room. The room's records arrive by sync; wait for them
+    /// in the store.
+    pub async fn accept_invite(
+        &self,
+        invite: &tincan_core::invite::Invite,
+    ) -> Result<(), SubscribeError> {
+        let store = self.store.clone();
+        let copy = invite.clone();
+        tokio::task::spawn_blocking(move || store.install_invite(&copy))
+            .await
+            .map_err(|e| tincan_store::StorageError(e.to_string()))??;
+        for addr in &invite.via {
+            match addr.parse::<Multiaddr>() {
+                Ok(a) => {
+                    if let Err(e) = self.dial(a).await {
+                        tracing::debug!(%addr, error = %e, "cannot dial an address of the invite");
+                    }
+                }
+                Err(e) => tracing::debug!(%addr, error = %e, "not an address, in an invite"),
+            }
+        }
+        self.subscribe_room(invite.room).await
+    }
+
     /// Counters.
     pub async fn stats(&self) -> Result<MeshStats, Stopped> {
         self.ask(|reply| Command::Stats { reply }).await
@@ -641,18 +724,118 @@ fn room_key(room: &RoomId) -> kad::RecordKey {
 
 use crate::reach::is_circuit;
 
-/// The topic a record is gossiped on.
-pub fn topic_of(record: &SignedRecord) -> IdentTopic {
-    match record.record().room() {
-        Some(room) => room_topic(&room),
-        None => profiles_topic(),
+/// Where one room lives on the wire. An open room: its public names (the
+/// topic and DHT key of its room id, [`Scope::Room`]). An invite-only room
+/// whose locator secret this node holds: names derived from the secret
+/// (docs/trust.md, "Where a sealed room lives on the wire"), so nothing of
+/// it is published under its public id. A node without the secret cannot
+/// reach an invite-only room at all, which is the point.
+struct Wire {
+    topic: IdentTopic,
+    voice: IdentTopic,
+    dht: kad::RecordKey,
+    scope: Scope,
+}
+
+impl Wire {
+    fn of(store: &Store, room: &RoomId, me: &PeerId) -> Wire {
+        match store.locator(room).ok().flatten() {
+            Some(secret) => {
+                let id = secret.id();
+                Wire {
+                    topic: sealed_topic(&id),
+                    voice: sealed_voice_topic(&id),
+                    dht: kad::RecordKey::new(&secret.derive("dht")),
+                    scope: Scope::Sealed {
+                        locator: id,
+                        proof: secret.proof(&me.to_bytes()),
+                    },
+                }
+            }
+            None => Wire {
+                topic: room_topic(room),
+                voice: voice_topic(room),
+                dht: room_key(room),
+                scope: Scope::Room(*room),
+            },
+        }
     }
 }
 
-fn scope_of(record: &tincan_core::Record) -> Scope {
-    match record.room() {
-        Some(room) => Scope::Room(room),
-        None => Scope::Profiles,
+/// What a scope holds once named against a store: one room's records, or
+/// the profiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Holds {
+    Room(RoomId),
+    Profiles,
+}
+
+impl Holds {
+    fn of_record(record: &tincan_core::Record) -> Holds {
+        match record.room() {
+            Some(room) => Holds::Room(room),
+            None => Holds::Profiles,
+        }
+    }
+
+    /// Whether `record` may travel under this scope: its own room's
+    /// records, and under a room scope also profiles (a room's listing
+    /// carries its owner's and plaintext members' profiles).
+    fn admits(self, record: &tincan_core::Record) -> bool {
+        match (self, Holds::of_record(record)) {
+            (Holds::Room(a), Holds::Room(b)) => a == b,
+            (_, Holds::Profiles) => matches!(record.body, tincan_core::Body::Profile(_)),
+            (Holds::Profiles, Holds::Room(_)) => false,
+        }
+    }
+}
+
+/// Whether this store's copy of `room` is sealed: it holds the room's
+/// locator, or knows the room as invite-only. Such a room is served only
+/// under [`Scope::Sealed`].
+fn sealed_here(store: &Store, room: &RoomId) -> Result<bool, tincan_store::StorageError> {
+    if store.locator(room)?.is_some() {
+        return Ok(true);
+    }
+    Ok(store
+        .room(room)?
+        .is_some_and(|v| v.room.settings.join_policy == tincan_core::JoinPolicy::Invite))
+}
+
+/// What `scope` holds for `requester` (`None`: our own listing), or
+/// `None` when this node serves nothing under it: an invite-only room asked
+/// by its public id, a locator it does not hold, or a proof that does not
+/// match the requester. All of these are answered as an empty set, so a
+/// stranger cannot tell "sealed here" from "not here".
+fn resolve_scope(
+    store: &Store,
+    scope: Scope,
+    requester: Option<&PeerId>,
+) -> Result<Option<Holds>, tincan_store::StorageError> {
+    match scope {
+        Scope::Profiles => Ok(Some(Holds::Profiles)),
+        Scope::Room(room) => {
+            if requester.is_some() && sealed_here(store, &room)? {
+                return Ok(None);
+            }
+            Ok(Some(Holds::Room(room)))
+        }
+        Scope::Sealed { locator, proof } => {
+            let Some(room) = store.room_of_locator(&locator)? else {
+                return Ok(None);
+            };
+            if let Some(peer) = requester {
+                let Some(secret) = store.locator(&room)? else {
+                    return Ok(None);
+                };
+                // Constant time: the proof is a MAC over the requester.
+                let expected = blake3::Hash::from(secret.proof(&peer.to_bytes()));
+                if expected != blake3::Hash::from(proof) {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(Holds::Room(room)))
+        }
     }
 }
 
@@ -719,8 +902,10 @@ struct Driver {
     config: MeshConfig,
     limits: Limits,
     reconcile: ReconcileConfig,
-    rooms: HashSet<RoomId>,
-    topics: HashMap<TopicHash, Scope>,
+    /// The followed rooms, with their names on the wire.
+    rooms: HashMap<RoomId, Wire>,
+    /// What each subscribed record topic carries.
+    topics: HashMap<TopicHash, Holds>,
     peers: HashMap<PeerId, PeerState>,
     sessions: HashMap<SessionKey, Session>,
     /// Fetched batches of each session still with the writer. A session
@@ -928,7 +1113,7 @@ impl Driver {
     }
 
     fn scopes(&self) -> Vec<Scope> {
-        let mut s: Vec<Scope> = self.rooms.iter().map(|r| Scope::Room(*r)).collect();
+        let mut s: Vec<Scope> = self.rooms.values().map(|w| w.scope).collect();
         s.push(Scope::Profiles);
         s
     }
@@ -951,17 +1136,27 @@ impl Driver {
                 };
                 let _ = reply.send(result);
             }
+            Command::PublishRecord { room, bytes, reply } => {
+                let topic = match room {
+                    None => profiles_topic(),
+                    Some(room) => match self.rooms.get(&room) {
+                        Some(w) => w.topic.clone(),
+                        None => Wire::of(&self.store, &room, self.swarm.local_peer_id()).topic,
+                    },
+                };
+                self.on_command(Command::Publish {
+                    topic,
+                    bytes,
+                    reply,
+                });
+            }
             Command::Subscribe { room, reply } => {
                 let _ = reply.send(self.subscribe(room));
             }
             Command::PublishSignal { room, bytes, reply } => {
-                let result = if self.rooms.contains(&room) {
-                    match self
-                        .swarm
-                        .behaviour_mut()
-                        .gossipsub
-                        .publish(voice_topic(&room), bytes)
-                    {
+                let result = if let Some(wire) = self.rooms.get(&room) {
+                    let voice = wire.voice.clone();
+                    match self.swarm.behaviour_mut().gossipsub.publish(voice, bytes) {
                         Ok(_) => Ok(true),
                         Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(false),
                         Err(gossipsub::PublishError::Duplicate) => Ok(true),
@@ -973,17 +1168,7 @@ impl Driver {
                 let _ = reply.send(result);
             }
             Command::Unsubscribe { room, reply } => {
-                let topic = room_topic(&room);
-                self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
-                let voice = voice_topic(&room);
-                self.swarm.behaviour_mut().gossipsub.unsubscribe(&voice);
-                self.voice_topics.remove(&voice.hash());
-                self.topics.remove(&topic.hash());
-                self.rooms.remove(&room);
-                self.swarm
-                    .behaviour_mut()
-                    .kademlia
-                    .stop_providing(&room_key(&room));
+                self.unsubscribe(&room);
                 let _ = reply.send(());
             }
             Command::Dial { addr, reply } => {
@@ -1102,7 +1287,7 @@ impl Driver {
             return;
         }
         let store = self.store.clone();
-        let rooms: Vec<RoomId> = self.rooms.iter().copied().collect();
+        let rooms: Vec<RoomId> = self.rooms.keys().copied().collect();
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
             let response = tokio::task::spawn_blocking(move || directory_answer(&store, &rooms))
@@ -1164,25 +1349,30 @@ impl Driver {
         }
     }
 
+    /// Follows `room` under the names its wire has now. Called again for a
+    /// followed room (after an invite installed its locator, or when the
+    /// owner made it invite-only), it moves the room to its new names.
     fn subscribe(&mut self, room: RoomId) -> Result<(), SubscribeError> {
-        if self.rooms.contains(&room) {
-            return Ok(());
+        let wire = Wire::of(&self.store, &room, self.swarm.local_peer_id());
+        match self.rooms.get(&room) {
+            Some(old) if old.scope == wire.scope => return Ok(()),
+            Some(_) => self.unsubscribe(&room),
+            None => {}
         }
         if self.rooms.len() >= self.limits.max_rooms {
             return Err(SubscribeError::TooManyRooms(self.rooms.len()));
         }
-        let topic = room_topic(&room);
         let g = &mut self.swarm.behaviour_mut().gossipsub;
-        g.subscribe(&topic)
+        g.subscribe(&wire.topic)
             .map_err(|e| SubscribeError::Gossip(e.to_string()))?;
-        let _ = g.set_topic_params(topic.clone(), topic_score_params());
-        let voice = voice_topic(&room);
-        g.subscribe(&voice)
+        let _ = g.set_topic_params(wire.topic.clone(), topic_score_params());
+        g.subscribe(&wire.voice)
             .map_err(|e| SubscribeError::Gossip(e.to_string()))?;
-        let _ = g.set_topic_params(voice.clone(), topic_score_params());
-        self.voice_topics.insert(voice.hash(), room);
-        self.topics.insert(topic.hash(), Scope::Room(room));
-        self.rooms.insert(room);
+        let _ = g.set_topic_params(wire.voice.clone(), topic_score_params());
+        self.voice_topics.insert(wire.voice.hash(), room);
+        self.topics.insert(wire.topic.hash(), Holds::Room(room));
+        let scope = wire.scope;
+        self.rooms.insert(room, wire);
         // Beyond the LAN, peers of a room find each other as providers of
         // the room's key in the DHT.
         self.announce_room(room);
@@ -1193,14 +1383,37 @@ impl Driver {
             .map(|(id, _)| *id)
             .collect();
         for p in peers {
-            self.request_sync(p, Scope::Room(room));
+            self.request_sync(p, scope);
         }
         Ok(())
     }
 
+    fn unsubscribe(&mut self, room: &RoomId) {
+        let Some(wire) = self.rooms.remove(room) else {
+            return;
+        };
+        let g = &mut self.swarm.behaviour_mut().gossipsub;
+        g.unsubscribe(&wire.topic);
+        g.unsubscribe(&wire.voice);
+        self.voice_topics.remove(&wire.voice.hash());
+        self.topics.remove(&wire.topic.hash());
+        self.swarm
+            .behaviour_mut()
+            .kademlia
+            .stop_providing(&wire.dht);
+    }
+
+    /// The scope a peer's subscription to a topic of ours asks us to sync.
+    fn scope_of_holds(&self, holds: Holds) -> Option<Scope> {
+        match holds {
+            Holds::Profiles => Some(Scope::Profiles),
+            Holds::Room(room) => self.rooms.get(&room).map(|w| w.scope),
+        }
+    }
+
     /// Announces every followed room in the DHT.
     fn announce_rooms(&mut self) {
-        let rooms: Vec<RoomId> = self.rooms.iter().copied().collect();
+        let rooms: Vec<RoomId> = self.rooms.keys().copied().collect();
         for room in rooms {
             self.announce_room(room);
         }
@@ -1208,7 +1421,9 @@ impl Driver {
 
     /// Announces one room in the DHT and looks up its other providers.
     fn announce_room(&mut self, room: RoomId) {
-        let key = room_key(&room);
+        let Some(key) = self.rooms.get(&room).map(|w| w.dht.clone()) else {
+            return;
+        };
         let kad = &mut self.swarm.behaviour_mut().kademlia;
         if let Err(e) = kad.start_providing(key.clone()) {
             tracing::debug!("cannot announce the room in the DHT: {e}");
@@ -1221,20 +1436,17 @@ impl Driver {
     /// before the room's other nodes announced it).
     fn look_up_lonely_rooms(&mut self) {
         let g = &self.swarm.behaviour().gossipsub;
-        let lonely: Vec<RoomId> = self
+        let lonely: Vec<kad::RecordKey> = self
             .rooms
-            .iter()
-            .copied()
-            .filter(|room| {
-                let topic = room_topic(room).hash();
+            .values()
+            .filter(|w| {
+                let topic = w.topic.hash();
                 !g.all_peers().any(|(_, topics)| topics.contains(&&topic))
             })
+            .map(|w| w.dht.clone())
             .collect();
-        for room in lonely {
-            self.swarm
-                .behaviour_mut()
-                .kademlia
-                .get_providers(room_key(&room));
+        for key in lonely {
+            self.swarm.behaviour_mut().kademlia.get_providers(key);
         }
     }
 
@@ -1257,12 +1469,9 @@ impl Driver {
         }
         // Look for more peers of each room (the DHT is bounded by its own
         // query limits; one query per room per period).
-        let rooms: Vec<RoomId> = self.rooms.iter().copied().collect();
-        for room in rooms {
-            self.swarm
-                .behaviour_mut()
-                .kademlia
-                .get_providers(room_key(&room));
+        let keys: Vec<kad::RecordKey> = self.rooms.values().map(|w| w.dht.clone()).collect();
+        for key in keys {
+            self.swarm.behaviour_mut().kademlia.get_providers(key);
         }
         self.round = self.round.wrapping_add(1);
         let n = self.config.sync_peers_per_round.clamp(1, peers.len());
@@ -1603,10 +1812,14 @@ impl Driver {
                 message,
             }) => self.on_gossip(propagation_source, message_id, message),
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic, .. }) => {
-                if matches!(self.topics.get(&topic), Some(Scope::Room(_))) {
+                if matches!(self.topics.get(&topic), Some(Holds::Room(_))) {
                     self.note_room_peer(peer_id);
                 }
-                if let Some(scope) = self.topics.get(&topic).copied()
+                if let Some(scope) = self
+                    .topics
+                    .get(&topic)
+                    .copied()
+                    .and_then(|h| self.scope_of_holds(h))
                     && self.peers.get(&peer_id).is_some_and(|p| p.syncs)
                 {
                     self.request_sync(peer_id, scope);
@@ -1657,7 +1870,7 @@ impl Driver {
                         *p == peer_id
                             && topics
                                 .iter()
-                                .any(|t| matches!(self.topics.get(t), Some(Scope::Room(_))))
+                                .any(|t| matches!(self.topics.get(t), Some(Holds::Room(_))))
                     })
                 };
                 if shares_a_room {
@@ -1846,7 +2059,7 @@ impl Driver {
             self.on_signal(room, source, msg_id, message);
             return;
         }
-        let Some(scope) = self.topics.get(&message.topic).copied() else {
+        let Some(holds) = self.topics.get(&message.topic).copied() else {
             self.report(&msg_id, &source, MessageAcceptance::Ignore);
             return;
         };
@@ -1862,7 +2075,7 @@ impl Driver {
                 return;
             }
         };
-        if scope_of(record.record()) != scope {
+        if Holds::of_record(record.record()) != holds {
             tracing::debug!(%source, "record gossiped on another room's topic");
             self.report(&msg_id, &source, MessageAcceptance::Reject);
             return;
@@ -2003,7 +2216,7 @@ impl Driver {
         let tx = self.internal_tx.clone();
         let cfg = self.reconcile.clone();
         tokio::spawn(async move {
-            let listed = tokio::task::spawn_blocking(move || list_items(&store, scope)).await;
+            let listed = tokio::task::spawn_blocking(move || list_items(&store, scope, None)).await;
             let session = match listed {
                 Ok(Ok(items)) => Some(Box::new(Session::new(scope, items, &cfg))),
                 Ok(Err(e)) => {
@@ -2207,7 +2420,7 @@ impl Driver {
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
             let response =
-                tokio::task::spawn_blocking(move || answer_request(&store, request, &cfg))
+                tokio::task::spawn_blocking(move || answer_request(&store, &peer, request, &cfg))
                     .await
                     .unwrap_or_else(|e| SyncResponse::Refused {
                         reason: format!("internal error: {e}"),
@@ -2289,10 +2502,17 @@ fn nearby_room(e: &DirectoryEntry, via: PeerId) -> Option<NearbyRoom> {
     })
 }
 
-fn list_items(store: &Store, scope: Scope) -> Result<Vec<SyncItem>, tincan_store::StorageError> {
-    let raw = match scope {
-        Scope::Room(room) => store.room_sync_items(&room)?,
-        Scope::Profiles => store.profile_sync_items()?,
+/// The items of `scope` (for `requester`, or our own listing with `None`):
+/// empty where [`resolve_scope`] serves nothing.
+fn list_items(
+    store: &Store,
+    scope: Scope,
+    requester: Option<&PeerId>,
+) -> Result<Vec<SyncItem>, tincan_store::StorageError> {
+    let raw = match resolve_scope(store, scope, requester)? {
+        None => Vec::new(),
+        Some(Holds::Room(room)) => store.room_sync_items(&room)?,
+        Some(Holds::Profiles) => store.profile_sync_items()?,
     };
     Ok(raw
         .into_iter()
@@ -2300,10 +2520,15 @@ fn list_items(store: &Store, scope: Scope) -> Result<Vec<SyncItem>, tincan_store
         .collect())
 }
 
-fn answer_request(store: &Store, request: SyncRequest, cfg: &ReconcileConfig) -> SyncResponse {
+fn answer_request(
+    store: &Store,
+    peer: &PeerId,
+    request: SyncRequest,
+    cfg: &ReconcileConfig,
+) -> SyncResponse {
     match request {
         SyncRequest::Reconcile { scope, ranges } => {
-            let items = match list_items(store, scope) {
+            let items = match list_items(store, scope, Some(peer)) {
                 Ok(i) => i,
                 Err(e) => {
                     return SyncResponse::Refused {
@@ -2319,6 +2544,20 @@ fn answer_request(store: &Store, request: SyncRequest, cfg: &ReconcileConfig) ->
             }
         }
         SyncRequest::Fetch { scope, ids } => {
+            let holds = match resolve_scope(store, scope, Some(peer)) {
+                Ok(Some(h)) => h,
+                Ok(None) => {
+                    return SyncResponse::Records {
+                        served: 0,
+                        records: Vec::new(),
+                    };
+                }
+                Err(e) => {
+                    return SyncResponse::Refused {
+                        reason: format!("store failure: {e}"),
+                    };
+                }
+            };
             let n = ids.len().min(cfg.max_fetch_ids.max(1));
             match store.record_bytes(&ids[..n], cfg.max_fetch_response_bytes) {
                 // Only what belongs to the scope asked about: a fetch never
@@ -2329,8 +2568,7 @@ fn answer_request(store: &Store, request: SyncRequest, cfg: &ReconcileConfig) ->
                         .into_iter()
                         .flatten()
                         .filter(|bytes| {
-                            UnverifiedRecord::decode(bytes)
-                                .is_ok_and(|u| scope_of(u.record()) == scope)
+                            UnverifiedRecord::decode(bytes).is_ok_and(|u| holds.admits(u.record()))
                         })
                         .collect(),
                 },
@@ -2424,8 +2662,9 @@ fn apply_jobs(store: &Store, jobs: Vec<WriteJob>) -> Vec<Internal> {
             WriteJob::Sync { key, records: raw } => {
                 let mut refused = 0u64;
                 let mut decoded = Vec::with_capacity(raw.len());
+                let holds = resolve_scope(store, key.1, None).ok().flatten();
                 for u in raw {
-                    if scope_of(u.record()) == key.1 {
+                    if holds.is_some_and(|h| h.admits(u.record())) {
                         decoded.push(u);
                     } else {
                         refused += 1;

@@ -16,6 +16,7 @@ use std::io;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
+use tincan_core::seal::LocatorId;
 use tincan_core::{RecordId, RoomId};
 
 /// The protocol name on the wire.
@@ -34,6 +35,18 @@ pub enum Scope {
     Room(RoomId),
     /// Every user's profile (records without a room).
     Profiles,
+    /// The records of an invite-only room, named by its locator id
+    /// (docs/trust.md, "Where a sealed room lives on the wire"): only a node
+    /// that holds the locator secret can name it, and it proves so. A node
+    /// never serves an invite-only room under [`Scope::Room`].
+    Sealed {
+        /// `LocatorSecret::id()` of the room.
+        locator: LocatorId,
+        /// `LocatorSecret::proof` of the requester's PeerId bytes: a
+        /// responder serves only a requester that holds the secret, and a
+        /// proof overheard from one peer is worthless to another.
+        proof: [u8; 32],
+    },
 }
 
 /// One element of a synced set: a record id, preceded by its dependency rank

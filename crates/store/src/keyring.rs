@@ -214,6 +214,46 @@ impl Store {
         }
     }
 
+    /// [`Store::prepare_write`] for a record a local writer has already
+    /// signed plainly (the `make::` constructors sign): returned as it is
+    /// when its room is not sealed, sealed again from its body and HLC
+    /// when it is. Every local write goes through this or
+    /// `prepare_write`, so nothing of an invite-only room leaves in
+    /// plaintext whatever built it.
+    pub fn prepare_signed(
+        &self,
+        author: &UserKey,
+        record: SignedRecord,
+    ) -> Result<SignedRecord, WriteError> {
+        let r = record.record();
+        if record.is_sealed() || r.author != author.id() || !r.body.is_sealable() {
+            return Ok(record);
+        }
+        match r.room() {
+            Some(room) if self.seals(&room)? => self.prepare_write(author, r.hlc, r.body.clone()),
+            _ => Ok(record),
+        }
+    }
+
+    /// [`Store::key_upkeep`] for every user unlocked in this store: the
+    /// grants their node should publish now. What a node runs after each
+    /// change of its store (apply each record before the next call, or
+    /// the same grants are planned again).
+    pub fn key_upkeep_unlocked(&self, hlc: Hlc) -> Result<Vec<SignedRecord>, WriteError> {
+        let keys: Vec<UserKey> = {
+            let unlocked = self.unlocked.read().unwrap_or_else(|p| p.into_inner());
+            unlocked
+                .values()
+                .map(|k| UserKey::from_seed(&k.seed()))
+                .collect()
+        };
+        let mut out = Vec::new();
+        for key in &keys {
+            out.extend(self.key_upkeep(key, hlc)?);
+        }
+        Ok(out)
+    }
+
     /// The grants `owner` should publish now (and nothing else), for each of
     /// their invite-only rooms here: the current epoch to every invited or
     /// joined user this node has not granted it to yet; a new epoch to all

@@ -1,0 +1,388 @@
+//! Invite-only rooms on the wire (issue 14): real mesh nodes over loopback,
+//! an owner and a member that read the room, and strangers built from the
+//! project's own libraries (a raw libp2p swarm speaking the sync protocol,
+//! and a whole mesh node) that know the room's id and the owner's address.
+//! What a stranger may get: nothing under the room's public id, nothing
+//! under its locator without the locator secret, and ciphertext only if it
+//! knows the locator's public id.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::request_response;
+use libp2p::swarm::SwarmEvent;
+use tincan_core::invite::Invite;
+use tincan_core::{
+    Body, Hlc, JoinPolicy, Member, MemberRole, MemberState, RoomId, RoomLog, RoomSettings,
+    SignedRecord, UserKey, make,
+};
+use tincan_mesh::behaviour::BehaviourEvent;
+use tincan_mesh::protocol::{Bound, Range, RangeMode, Scope, SyncRequest, SyncResponse};
+use tincan_mesh::{Mesh, MeshConfig, Multiaddr};
+use tincan_store::{Store, StoreConfig};
+
+const LIMIT: Duration = Duration::from_secs(30);
+/// What the owner writes in the room's log: no stranger may see it.
+const SECRET: &str = "the raid starts at nine, bring the password hunter2";
+
+fn seed(n: u32) -> [u8; 32] {
+    *blake3::hash(&n.to_be_bytes()).as_bytes()
+}
+
+struct Node {
+    mesh: Mesh,
+    store: Arc<Store>,
+    addr: Multiaddr,
+}
+
+async fn node(n: u32, user: Option<&UserKey>) -> Node {
+    let store = Arc::new(Store::in_memory(StoreConfig::default()).expect("in-memory store"));
+    if let Some(user) = user {
+        store.unlock_user(user).unwrap();
+    }
+    let mesh = Mesh::start(MeshConfig::loopback(seed(n)), store.clone())
+        .await
+        .expect("mesh starts");
+    let addrs = tokio::time::timeout(Duration::from_secs(10), mesh.listen_addrs())
+        .await
+        .expect("listens within 10 s")
+        .expect("node running");
+    let addr = addrs[0]
+        .clone()
+        .with(libp2p::multiaddr::Protocol::P2p(mesh.peer_id()));
+    Node { mesh, store, addr }
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` passes.
+async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+fn hlc(n: u64) -> Hlc {
+    Hlc::new(tincan_store::clock::wall_ms() - 60_000 + n, 0)
+}
+
+/// Alice's invite-only room with bob invited and granted, a channel and
+/// a log entry, written the way a node writes (`prepare_write`, then the
+/// grants key upkeep plans), all applied to alice's store.
+fn invite_only_room(alice: &UserKey, bob: &UserKey, store: &Store) -> (RoomId, Vec<SignedRecord>) {
+    let settings = RoomSettings {
+        join_policy: JoinPolicy::Invite,
+        member_limit: None,
+    };
+    let (room, rec) = make::room(alice, hlc(0), [7; 16], "raid night", settings).unwrap();
+    let mut all = vec![rec.clone()];
+    store.apply(rec).unwrap();
+    let invite = store
+        .prepare_write(
+            alice,
+            hlc(1),
+            Body::Member(Member {
+                room,
+                user: bob.id(),
+                role: MemberRole::Participant,
+                state: MemberState::Invited,
+            }),
+        )
+        .unwrap();
+    assert!(invite.is_sealed(), "the invite is sealed");
+    all.push(invite.clone());
+    store.apply(invite).unwrap();
+    for grant in store.key_upkeep(alice, hlc(2)).unwrap() {
+        all.push(grant.clone());
+        store.apply(grant).unwrap();
+    }
+    let log = store
+        .prepare_write(
+            alice,
+            hlc(3),
+            Body::RoomLog(RoomLog {
+                room,
+                user: alice.id(),
+                action: SECRET.into(),
+            }),
+        )
+        .unwrap();
+    all.push(log.clone());
+    store.apply(log).unwrap();
+    (room, all)
+}
+
+fn log_texts(store: &Store, room: &RoomId) -> Vec<String> {
+    store
+        .log(room, Hlc::ZERO, Hlc::MAX, None, 100)
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| e.action)
+        .collect()
+}
+
+/// Sends one sync request from a raw swarm to `to` and returns the answer.
+async fn ask(
+    swarm: &mut libp2p::Swarm<tincan_mesh::behaviour::Behaviour>,
+    to: libp2p::PeerId,
+    request: SyncRequest,
+) -> SyncResponse {
+    swarm.behaviour_mut().sync.send_request(&to, request);
+    let wait = async {
+        loop {
+            if let SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
+                message: request_response::Message::Response { response, .. },
+                ..
+            })) = swarm.select_next_some().await
+            {
+                return response;
+            }
+        }
+    };
+    tokio::time::timeout(LIMIT, wait)
+        .await
+        .expect("an answer within 30 s")
+}
+
+fn full_range() -> Vec<Range> {
+    vec![Range {
+        upper: Bound::End,
+        mode: RangeMode::IdList(Vec::new()),
+    }]
+}
+
+/// How many record ids an answer to a full-range reconcile names.
+fn items_named(response: &SyncResponse) -> usize {
+    match response {
+        SyncResponse::Reconcile { ranges } => ranges
+            .iter()
+            .map(|r| match &r.mode {
+                RangeMode::IdList(items) | RangeMode::Missing(items) => items.len(),
+                RangeMode::Skip => 0,
+                // A digest of items: at least one.
+                RangeMode::Fingerprint(_) => 1,
+            })
+            .sum(),
+        other => panic!("not a reconcile answer: {other:?}"),
+    }
+}
+
+/// A stranger with a fresh key knows the room id, the owner's address and
+/// even every record id (say, overheard from a member's listing). Asked
+/// under the room's public id, the owner's node names no record and serves
+/// none; asked under the locator's public id with a proof copied from the
+/// member, it serves none either. The member, asking the same node the
+/// same way its own node does, gets the room and reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_gets_nothing_of_an_invite_only_room_from_its_owner() {
+    let alice = UserKey::from_seed(&seed(1));
+    let bob = UserKey::from_seed(&seed(2));
+    let owner = node(9_200, Some(&alice)).await;
+    let (room, records) = invite_only_room(&alice, &bob, &owner.store);
+    owner.mesh.subscribe_room(room).await.unwrap();
+    let ids: Vec<_> = records.iter().map(|r| r.id()).collect();
+
+    let mut swarm = tincan_mesh::build_swarm(&MeshConfig::loopback(seed(9_201))).unwrap();
+    swarm.dial(owner.addr.clone()).unwrap();
+    let to = owner.mesh.peer_id();
+
+    let listed = ask(
+        &mut swarm,
+        to,
+        SyncRequest::Reconcile {
+            scope: Scope::Room(room),
+            ranges: full_range(),
+        },
+    )
+    .await;
+    let fetched = ask(
+        &mut swarm,
+        to,
+        SyncRequest::Fetch {
+            scope: Scope::Room(room),
+            ids: ids.clone(),
+        },
+    )
+    .await;
+    let served = match &fetched {
+        SyncResponse::Records { records, .. } => records.clone(),
+        other => panic!("not a records answer: {other:?}"),
+    };
+    println!(
+        "FIGURE stranger, public scope: {} ids named, {} of {} records served",
+        items_named(&listed),
+        served.len(),
+        ids.len()
+    );
+    assert_eq!(items_named(&listed), 0, "the room's records were listed");
+    assert!(
+        served.is_empty(),
+        "records of an invite-only room were served"
+    );
+
+    // The locator's public id is on the wire (it names the topic); the
+    // secret is not. A proof made for the member's PeerId is worthless
+    // from another one.
+    let secret = owner
+        .store
+        .locator(&room)
+        .unwrap()
+        .expect("the owner holds the locator");
+    let bob_peer = libp2p::identity::Keypair::ed25519_from_bytes(seed(9_202))
+        .unwrap()
+        .public()
+        .to_peer_id();
+    let copied = Scope::Sealed {
+        locator: secret.id(),
+        proof: secret.proof(&bob_peer.to_bytes()),
+    };
+    let listed = ask(
+        &mut swarm,
+        to,
+        SyncRequest::Reconcile {
+            scope: copied,
+            ranges: full_range(),
+        },
+    )
+    .await;
+    let fetched = ask(
+        &mut swarm,
+        to,
+        SyncRequest::Fetch {
+            scope: copied,
+            ids: ids.clone(),
+        },
+    )
+    .await;
+    let served = match &fetched {
+        SyncResponse::Records { records, .. } => records.len(),
+        other => panic!("not a records answer: {other:?}"),
+    };
+    println!(
+        "FIGURE stranger, sealed scope with a copied proof: {} ids named, {served} records served",
+        items_named(&listed)
+    );
+    assert_eq!(items_named(&listed), 0, "listed to a copied proof");
+    assert_eq!(served, 0, "served to a copied proof");
+
+    // The same node serves the member, whose node names the room by the
+    // invite's locator and proves it for its own PeerId.
+    let member = node(9_202, Some(&bob)).await;
+    assert_eq!(member.mesh.peer_id(), bob_peer);
+    let invite = owner.mesh.invite(room).await.unwrap();
+    assert!(
+        invite.locator.is_some(),
+        "an invite-only room's invite carries its locator"
+    );
+    let invite = Invite::parse(&invite.to_link()).unwrap();
+    let start = Instant::now();
+    member.mesh.accept_invite(&invite).await.unwrap();
+    let read = eventually(LIMIT, || async {
+        log_texts(&member.store, &room).iter().any(|t| t == SECRET)
+    })
+    .await;
+    println!(
+        "FIGURE member: read the log entry {} ms after accepting the invite link",
+        start.elapsed().as_millis()
+    );
+    assert!(read, "the invited member never read the room");
+    member.mesh.shutdown().await;
+    owner.mesh.shutdown().await;
+}
+
+/// A whole mesh node of a stranger follows the room by its public id (what
+/// `tincan room join <id>` does without an invite) while the member's node
+/// follows it by invite. The stranger's store gets nothing of the room
+/// and no byte of the log's text reaches it; the member reads everything,
+/// including an entry written after both followed (gossip).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_following_the_room_id_receives_nothing_while_the_member_reads_it() {
+    let alice = UserKey::from_seed(&seed(11));
+    let bob = UserKey::from_seed(&seed(12));
+    let mallory = UserKey::from_seed(&seed(13));
+    let owner = node(9_210, Some(&alice)).await;
+    let (room, _) = invite_only_room(&alice, &bob, &owner.store);
+    owner.mesh.subscribe_room(room).await.unwrap();
+    let member = node(9_211, Some(&bob)).await;
+    let stranger = node(9_212, Some(&mallory)).await;
+    member
+        .mesh
+        .accept_invite(&owner.mesh.invite(room).await.unwrap())
+        .await
+        .unwrap();
+    stranger.mesh.dial(owner.addr.clone()).await.unwrap();
+    stranger.mesh.dial(member.addr.clone()).await.unwrap();
+    stranger.mesh.subscribe_room(room).await.unwrap();
+    assert!(
+        eventually(LIMIT, || async {
+            log_texts(&member.store, &room).len() == 1
+        })
+        .await,
+        "the member never read the room"
+    );
+    // Live: an entry written now reaches the member by gossip.
+    let live = owner
+        .store
+        .prepare_write(
+            &alice,
+            Hlc::new(tincan_store::clock::wall_ms(), 0),
+            Body::RoomLog(RoomLog {
+                room,
+                user: alice.id(),
+                action: format!("{SECRET} (live)"),
+            }),
+        )
+        .unwrap();
+    owner.mesh.publish(live).await.unwrap();
+    assert!(
+        eventually(LIMIT, || async {
+            log_texts(&member.store, &room).len() == 2
+        })
+        .await,
+        "the live entry never reached the member"
+    );
+    // Several sync rounds for the stranger to try its luck.
+    owner.mesh.sync_now().await.unwrap();
+    member.mesh.sync_now().await.unwrap();
+    stranger.mesh.sync_now().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let leaked: Vec<SignedRecord> = stranger
+        .store
+        .records()
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.record().room() == Some(room))
+        .collect();
+    let text_seen = stranger
+        .store
+        .records()
+        .unwrap()
+        .iter()
+        .any(|r| contains(&r.to_bytes(), SECRET.as_bytes()));
+    println!(
+        "FIGURE stranger following the room id: {} records of the room stored, log text seen: {text_seen}",
+        leaked.len()
+    );
+    assert!(
+        leaked.is_empty(),
+        "the stranger stored records of the room: {leaked:?}"
+    );
+    assert!(!text_seen, "the log's text reached the stranger");
+    assert!(stranger.store.room(&room).unwrap().is_none());
+    for n in [owner, member, stranger] {
+        n.mesh.shutdown().await;
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
