@@ -488,3 +488,66 @@ async fn a_kicked_member_cannot_read_what_is_written_after_the_kick() {
         n.mesh.shutdown().await;
     }
 }
+
+/// Catch-up of an invite-only room with 10,000 log entries: a member's node
+/// that accepts the invite link syncs and opens all of them from the owner
+/// over loopback. Prints the time (the target: 1.5 s or less, for a
+/// release build: `cargo test --release -p tincan-tests --test
+/// hostile_sealed catch_up -- --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_catches_up_on_10000_sealed_entries() {
+    const ENTRIES: usize = 10_000;
+    let alice = UserKey::from_seed(&seed(31));
+    let bob = UserKey::from_seed(&seed(32));
+    let owner = node(9_230, Some(&alice)).await;
+    let (room, _) = invite_only_room(&alice, &bob, &owner.store);
+    let base = tincan_store::clock::wall_ms() - 50_000;
+    let batch: Vec<SignedRecord> = (0..ENTRIES)
+        .map(|i| {
+            owner
+                .store
+                .prepare_write(
+                    &alice,
+                    Hlc::new(base + i as u64, 0),
+                    Body::RoomLog(RoomLog {
+                        room,
+                        user: alice.id(),
+                        action: format!("entry {i}"),
+                    }),
+                )
+                .unwrap()
+        })
+        .collect();
+    assert!(batch.iter().all(|r| r.is_sealed()));
+    owner.store.apply_batch(batch).unwrap();
+    owner.mesh.subscribe_room(room).await.unwrap();
+    let member = node(9_231, Some(&bob)).await;
+    let invite = owner.mesh.invite(room).await.unwrap();
+    let start = Instant::now();
+    member.mesh.accept_invite(&invite).await.unwrap();
+    let count = |s: &Store| {
+        s.log(&room, Hlc::ZERO, Hlc::MAX, None, ENTRIES + 10)
+            .unwrap()
+            .entries
+            .len()
+    };
+    let done = eventually(Duration::from_secs(120), || async {
+        count(&member.store) == ENTRIES + 1
+    })
+    .await;
+    let took = start.elapsed();
+    println!(
+        "FIGURE catch-up: {} of {} sealed log entries opened and applied by the member in {:.2} s ({} build)",
+        count(&member.store),
+        ENTRIES + 1,
+        took.as_secs_f64(),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+    assert!(done, "the member did not catch up within 120 s");
+    owner.mesh.shutdown().await;
+    member.mesh.shutdown().await;
+}
