@@ -38,6 +38,12 @@ struct AccountEntry {
     /// The e-mail given at sign-up, if any; it never leaves this machine.
     #[serde(default)]
     email: Option<String>,
+    /// The template's `_User.role` ("moderator", "participant" ...), set by
+    /// its user. Kept here, not in the signed profile: the profile's
+    /// `ProfileRole` is Player or Bot and has no place for a free role, so
+    /// other nodes do not see it until the profile record carries one.
+    #[serde(default)]
+    role: Option<String>,
     /// The sealed user key.
     sealed: SealedIdentity,
 }
@@ -49,6 +55,9 @@ struct AccountsFile {
     /// Login name of the node's own identity after a rename through the API.
     #[serde(default)]
     node_username: Option<String>,
+    /// `_User.role` of the node's own identity, once set through the API.
+    #[serde(default)]
+    node_role: Option<String>,
     accounts: Vec<AccountEntry>,
 }
 
@@ -303,6 +312,7 @@ impl Accounts {
         username: &str,
         password: &str,
         email: Option<String>,
+        role: Option<String>,
     ) -> ApiResult<LoggedIn> {
         if username.is_empty() {
             return Err(ParseError::new(
@@ -362,6 +372,7 @@ impl Accounts {
             file.accounts.push(AccountEntry {
                 username: username.to_owned(),
                 email: email.clone(),
+                role,
                 sealed,
             });
             if let Err(e) = self.save(&file) {
@@ -508,6 +519,63 @@ impl Accounts {
             .iter()
             .find(|a| a.sealed.user_id().ok().as_ref() == Some(user))
             .and_then(|a| a.email.clone())
+    }
+
+    /// The login name of a local account.
+    pub fn username(&self, user: &UserId) -> Option<String> {
+        let file = lock(&self.file);
+        if *user == self.node_user {
+            return Some(
+                file.node_username
+                    .clone()
+                    .unwrap_or_else(|| self.node_username.clone()),
+            );
+        }
+        file.accounts
+            .iter()
+            .find(|a| a.sealed.user_id().ok().as_ref() == Some(user))
+            .map(|a| a.username.clone())
+    }
+
+    /// The `_User.role` of a local account, if it has one.
+    pub fn role(&self, user: &UserId) -> Option<String> {
+        let file = lock(&self.file);
+        if *user == self.node_user {
+            return file.node_role.clone();
+        }
+        file.accounts
+            .iter()
+            .find(|a| a.sealed.user_id().ok().as_ref() == Some(user))
+            .and_then(|a| a.role.clone())
+    }
+
+    /// Sets (or, with `None`, clears) the `_User.role` of `user`'s local
+    /// account; the caller checks that `user` is the one asking.
+    pub fn set_role(&self, user: &UserId, role: Option<String>) -> ApiResult<()> {
+        let mut file = lock(&self.file);
+        let before = if *user == self.node_user {
+            std::mem::replace(&mut file.node_role, role)
+        } else {
+            let a = file
+                .accounts
+                .iter_mut()
+                .find(|a| a.sealed.user_id().ok().as_ref() == Some(user))
+                .ok_or_else(|| ParseError::forbidden("that user has no account on this node"))?;
+            std::mem::replace(&mut a.role, role)
+        };
+        if let Err(e) = self.save(&file) {
+            if *user == self.node_user {
+                file.node_role = before;
+            } else if let Some(a) = file
+                .accounts
+                .iter_mut()
+                .find(|a| a.sealed.user_id().ok().as_ref() == Some(user))
+            {
+                a.role = before;
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Renames `user`'s login (the caller writes the new profile).

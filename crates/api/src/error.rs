@@ -21,6 +21,8 @@ pub mod code {
     pub const INVALID_POINTER: i64 = 106;
     /// The body is not JSON (or not the JSON expected).
     pub const INVALID_JSON: i64 = 107;
+    /// An ACL that is not `{"*"|userId: {"read": bool, "write": bool}}`.
+    pub const INVALID_ACL: i64 = 123;
     /// A field has the wrong type.
     pub const INCORRECT_TYPE: i64 = 111;
     /// The request is larger than the node accepts.

@@ -97,6 +97,15 @@ impl User {
     async fn fingerprint(&self) -> String {
         text(&self.0, "fingerprint")
     }
+    /// The template's role ("moderator", "participant" ...), set by the
+    /// user; null for users without an account on this node (the role is
+    /// a local account attribute, not part of the signed profile).
+    async fn role(&self) -> Option<String> {
+        self.0
+            .get("role")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
     /// When the profile in force was written (ISO 8601).
     async fn updated_at(&self) -> String {
         text(&self.0, "updatedAt")
@@ -217,6 +226,15 @@ impl RoomLog {
     /// When (ISO 8601).
     async fn created_at(&self) -> String {
         text(&self.0, "createdAt")
+    }
+    /// The template's `timestamp`: the entry's signed time (ISO 8601), the
+    /// same as `createdAt`.
+    async fn timestamp(&self) -> String {
+        self.0
+            .pointer("/timestamp/iso")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
@@ -404,7 +422,8 @@ impl MutationRoot {
             .map_err(gql_err)?;
         Ok(true)
     }
-    /// Adds an entry to a room's log (members only, about yourself).
+    /// Adds an entry to a room's log, about yourself: in an open room it
+    /// joins you first; in an invite-only room members only (119 otherwise).
     async fn add_room_log(
         &self,
         ctx: &Context<'_>,

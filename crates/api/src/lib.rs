@@ -25,6 +25,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod accounts;
+mod acl;
 pub mod error;
 mod graphql;
 mod livequery;

@@ -1,5 +1,7 @@
 //! Parse's LiveQuery protocol over a WebSocket at `/parse` (where the Parse
-//! SDKs connect by default: `serverURL` with `ws://` in place of `http://`).
+//! SDKs connect by default: `serverURL` with `ws://` in place of `http://`)
+//! and at `/` (where apps point `liveQueryServerURL`, since Parse Server
+//! takes upgrades on any path).
 //!
 //! Client to node: `connect` (applicationId, sessionToken), `subscribe`
 //! (requestId, query {className, where, keys}, optional sessionToken),
@@ -435,8 +437,15 @@ impl Client {
         if let Ok(Some(view)) = store.room(&room)
             && crate::model::can_read_room(store, &view, &sub.session.user).unwrap_or(false)
         {
+            let acl = match crate::acl::Acl::contents(store, &view, true) {
+                Ok(a) => a.to_json(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "LiveQuery could not read a room's members");
+                    return Vec::new();
+                }
+            };
             for c in store.channels(&room).unwrap_or_default() {
-                let o = crate::model::channel_json(&c);
+                let o = crate::model::channel_json(&c, &acl);
                 if sub.filter.matches(&o) {
                     now.insert(c.channel.id.to_hex(), o);
                 }

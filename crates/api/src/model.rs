@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use tincan_core::{ChannelId, Hlc, JoinPolicy, RecordId, RoomId, UserId};
 use tincan_store::{ChannelView, LogEntry, MemberView, ProfileView, RoomView, Store};
 
+use crate::acl::Acl;
 use crate::error::{ApiResult, ParseError};
 
 /// The classes served.
@@ -58,10 +59,17 @@ impl Class {
     /// Fields a client may set on create or update.
     pub fn writable_fields(self) -> &'static [&'static str] {
         match self {
-            Class::User => &["username", "password", "email"],
-            Class::Room => &["title", "inviteOnly", "memberLimit", "members"],
+            Class::User => &["username", "password", "email", "role"],
+            Class::Room => &[
+                "title",
+                "owner",
+                "inviteOnly",
+                "memberLimit",
+                "settings",
+                "members",
+            ],
             Class::Channel => &["room", "name", "description", "permissions"],
-            Class::RoomLog => &["room", "action"],
+            Class::RoomLog => &["room", "user", "action", "timestamp"],
         }
     }
 }
@@ -247,6 +255,16 @@ pub fn room_json(r: &RoomView, members: Option<&[MemberView]>) -> Value {
             .unwrap_or(Value::Null),
     );
     o.insert("owner".into(), pointer("_User", &r.owner.to_hex()));
+    // The template's `settings` object: the same two settings, which the
+    // signed room record holds.
+    o.insert(
+        "settings".into(),
+        json!({
+            "inviteOnly": r.room.settings.join_policy == JoinPolicy::Invite,
+            "memberLimit": r.room.settings.member_limit,
+        }),
+    );
+    o.insert("ACL".into(), Acl::room(&r.owner).to_json());
     if let Some(members) = members {
         o.insert(
             "members".into(),
@@ -263,8 +281,8 @@ pub fn room_json(r: &RoomView, members: Option<&[MemberView]>) -> Value {
     Value::Object(o)
 }
 
-/// A channel.
-pub fn channel_json(c: &ChannelView) -> Value {
+/// A channel; `acl` is its room's `Acl::contents` (owner writes).
+pub fn channel_json(c: &ChannelView, acl: &Value) -> Value {
     let mut o = Map::new();
     o.insert("objectId".into(), Value::String(c.channel.id.to_hex()));
     o.insert("room".into(), pointer("Room", &c.channel.room.to_hex()));
@@ -284,17 +302,22 @@ pub fn channel_json(c: &ChannelView) -> Value {
                 .collect(),
         ),
     );
+    o.insert("ACL".into(), acl.clone());
     stamp(&mut o, c.hlc, c.hlc);
     Value::Object(o)
 }
 
-/// A log entry.
-pub fn log_json(e: &LogEntry) -> Value {
+/// A log entry; `acl` is its room's `Acl::contents` (nobody writes).
+/// Its `timestamp` (the template's Date field) is the time of its signed
+/// HLC, the same on every node, whatever a client sent when making it.
+pub fn log_json(e: &LogEntry, acl: &Value) -> Value {
     let mut o = Map::new();
     o.insert("objectId".into(), Value::String(e.id.to_hex()));
     o.insert("room".into(), pointer("Room", &e.room.to_hex()));
     o.insert("user".into(), pointer("_User", &e.user.to_hex()));
     o.insert("action".into(), Value::String(e.action.clone()));
+    o.insert("timestamp".into(), date_object(e.hlc.physical_ms()));
+    o.insert("ACL".into(), acl.clone());
     stamp(&mut o, e.hlc, e.hlc);
     Value::Object(o)
 }
@@ -349,8 +372,12 @@ pub fn find_channel(
     Ok(None)
 }
 
-/// Finds a visible log entry by id.
-pub fn find_log(store: &Store, id: &RecordId, user: &UserId) -> ApiResult<Option<LogEntry>> {
+/// Finds a visible log entry by id, with its room.
+pub fn find_log(
+    store: &Store,
+    id: &RecordId,
+    user: &UserId,
+) -> ApiResult<Option<(RoomView, LogEntry)>> {
     let Some(rec) = store.record(id)? else {
         return Ok(None);
     };
@@ -367,7 +394,11 @@ pub fn find_log(store: &Store, id: &RecordId, user: &UserId) -> ApiResult<Option
     // Stored-but-hidden entries (author not a member then) are not shown:
     // ask the log query, which applies that rule, for entries at this time.
     let page = store.log(&l.room, hlc, hlc, None, 1000)?;
-    Ok(page.entries.into_iter().find(|e| e.id == *id))
+    Ok(page
+        .entries
+        .into_iter()
+        .find(|e| e.id == *id)
+        .map(|e| (room, e)))
 }
 
 #[cfg(test)]

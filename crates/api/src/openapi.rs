@@ -71,7 +71,8 @@ pub(crate) fn document() -> Value {
     let updated = json!({"type": "object", "required": ["updatedAt"], "properties": {"updatedAt": {"type": "string"}}});
     let user_session = json!({"$ref": "#/components/schemas/UserWithSession"});
     let credentials = json!({"type": "object", "required": ["username", "password"], "properties": {
-        "username": {"type": "string"}, "password": {"type": "string"}, "email": {"type": "string"}}});
+        "username": {"type": "string"}, "password": {"type": "string"}, "email": {"type": "string"},
+        "role": {"type": "string", "minLength": 1, "maxLength": 32}}});
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -94,7 +95,7 @@ pub(crate) fn document() -> Value {
             "/parse/users/{objectId}": {
                 "parameters": [id_param.clone()],
                 "get": op("a user", "getUser", "200", obj.clone(), json!({})),
-                "put": op("change your own username or password", "updateUser", "200", updated.clone(), body(obj.clone())),
+                "put": op("change your own username, password or role", "updateUser", "200", updated.clone(), body(obj.clone())),
                 "delete": op("delete your own local account", "deleteUser", "200", empty.clone(), json!({}))
             },
             "/parse/login": {

@@ -13,6 +13,7 @@ use tincan_store::{Applied, ApplyError, RoomView};
 
 use crate::ApiState;
 use crate::accounts::Session;
+use crate::acl::{self, Acl};
 use crate::error::{ApiResult, ParseError, code};
 use crate::model::{self, Class};
 use crate::query::{FindOptions, project};
@@ -208,7 +209,10 @@ impl ApiState {
                 let Ok(u) = UserId::from_hex(id) else {
                     return Ok(None);
                 };
-                store.profile(&u)?.map(|p| self.user_object(&p, user))
+                match store.profile(&u)? {
+                    Some(p) => Some(self.user_object(&p, user)),
+                    None => self.local_user_object(&u, user),
+                }
             }
             Class::Room => {
                 let Ok(r) = RoomId::from_hex(id) else {
@@ -220,26 +224,72 @@ impl ApiState {
                 let Ok(c) = ChannelId::from_hex(id) else {
                     return Ok(None);
                 };
-                model::find_channel(store, &c, user)?.map(|(_, c)| model::channel_json(&c))
+                match model::find_channel(store, &c, user)? {
+                    Some((r, c)) => Some(model::channel_json(
+                        &c,
+                        &Acl::contents(store, &r, true)?.to_json(),
+                    )),
+                    None => None,
+                }
             }
             Class::RoomLog => {
                 let Ok(r) = tincan_core::RecordId::from_hex(id) else {
                     return Ok(None);
                 };
-                model::find_log(store, &r, user)?.map(|e| model::log_json(&e))
+                match model::find_log(store, &r, user)? {
+                    Some((r, e)) => Some(model::log_json(
+                        &e,
+                        &Acl::contents(store, &r, false)?.to_json(),
+                    )),
+                    None => None,
+                }
             }
         })
     }
 
-    /// A user's JSON; their own also shows their e-mail.
+    /// A user's JSON with their ACL, and the `role` of a local account;
+    /// their own also shows their e-mail.
     pub(crate) fn user_object(&self, p: &tincan_store::ProfileView, viewer: &UserId) -> Value {
+        let user = &p.profile.user;
         let mut v = model::user_json(p);
-        if p.profile.user == *viewer
-            && let (Some(email), Value::Object(o)) = (self.inner.accounts.email(viewer), &mut v)
+        if let Value::Object(o) = &mut v {
+            o.insert("ACL".into(), Acl::user(user).to_json());
+            if let Some(role) = self.inner.accounts.role(user) {
+                o.insert("role".into(), Value::String(role));
+            }
+            if user == viewer
+                && let Some(email) = self.inner.accounts.email(viewer)
+            {
+                o.insert("email".into(), Value::String(email));
+            }
+        }
+        v
+    }
+
+    /// A local account whose profile the store does not hold (yet): the
+    /// store keeps the profiles of users with a standing (a room of theirs
+    /// or a membership), so a new account's profile waits until then; the
+    /// account is still this node's to show.
+    pub(crate) fn local_user_object(&self, user: &UserId, viewer: &UserId) -> Option<Value> {
+        let accounts = &self.inner.accounts;
+        let username = accounts.username(user)?;
+        let mut o = Map::new();
+        o.insert("objectId".into(), Value::String(user.to_hex()));
+        o.insert("username".into(), Value::String(username));
+        o.insert(
+            "fingerprint".into(),
+            Value::String(user.fingerprint().to_string()),
+        );
+        o.insert("ACL".into(), Acl::user(user).to_json());
+        if let Some(role) = accounts.role(user) {
+            o.insert("role".into(), Value::String(role));
+        }
+        if user == viewer
+            && let Some(email) = accounts.email(viewer)
         {
             o.insert("email".into(), Value::String(email));
         }
-        v
+        Some(Value::Object(o))
     }
 
     /// Every object of `class` that `user` may see and that could match
@@ -263,7 +313,15 @@ impl ApiState {
         let mut out = Vec::new();
         match class {
             Class::User => {
-                for p in store.profiles()? {
+                let profiles = store.profiles()?;
+                for u in self.inner.accounts.local_users() {
+                    if !profiles.iter().any(|p| p.profile.user == u)
+                        && let Some(o) = self.local_user_object(&u, user)
+                    {
+                        out.push(o);
+                    }
+                }
+                for p in profiles {
                     out.push(self.user_object(&p, user));
                 }
             }
@@ -277,8 +335,9 @@ impl ApiState {
                     if !model::can_read_room(store, &r, user)? {
                         continue;
                     }
+                    let acl = Acl::contents(store, &r, true)?.to_json();
                     for c in store.channels(&r.id)? {
-                        out.push(model::channel_json(&c));
+                        out.push(model::channel_json(&c, &acl));
                     }
                 }
             }
@@ -288,11 +347,12 @@ impl ApiState {
                     if !model::can_read_room(store, &r, user)? {
                         continue;
                     }
+                    let acl = Acl::contents(store, &r, false)?.to_json();
                     let mut after = None;
                     loop {
                         let page = store.log(&r.id, Hlc::ZERO, Hlc::MAX, after, 1000)?;
                         for e in &page.entries {
-                            out.push(model::log_json(e));
+                            out.push(model::log_json(e, &acl));
                         }
                         scanned += page.entries.len();
                         if scanned >= MAX_LOG_SCAN {
@@ -402,13 +462,14 @@ impl ApiState {
                 let title = string_field(&fields, "title", class)?.ok_or_else(|| {
                     ParseError::new(code::VALIDATION_ERROR, "a Room needs a title")
                 })?;
-                if fields.contains_key("members") {
-                    return Err(ParseError::new(
-                        code::VALIDATION_ERROR,
-                        "a new Room's members are its owner: add members after creating it",
-                    ));
-                }
+                check_owner(&fields, &s.user, None)?;
                 let settings = room_settings(&fields, RoomSettings::default())?;
+                // Who else the owner admits at creation (the owner is always a member).
+                let members = match fields.get("members") {
+                    None | Some(Value::Null) => Vec::new(),
+                    Some(v) => added_members(v)?,
+                };
+                acl::check_body(class, body, || Ok(Acl::room(&s.user)))?;
                 let mut nonce = [0u8; 16];
                 getrandom::fill(&mut nonce)
                     .map_err(|e| ParseError::internal(format!("no randomness: {e}")))?;
@@ -417,6 +478,16 @@ impl ApiState {
                     make::room(key, hlc, nonce, &title, settings).map_err(sign_error)?;
                 self.write(&s.key, rec).await?;
                 self.follow(id).await;
+                if members.iter().any(|m| *m != s.user) {
+                    let r = self.inner.store.room(&id)?.ok_or_else(|| {
+                        ParseError::internal("a room just written is not in the store")
+                    })?;
+                    let op = json!({"__op": "AddUnique", "objects": members
+                        .iter()
+                        .map(|m| model::pointer("_User", &m.to_hex()))
+                        .collect::<Vec<_>>()});
+                    self.members_op(s, &r, &op).await?;
+                }
                 (id.to_hex(), hlc)
             }
             Class::Channel => {
@@ -436,6 +507,7 @@ impl ApiState {
                     Some(v) => permission_list(v)?,
                     None => permissions::default_permissions(),
                 };
+                acl::check_body(class, body, || Acl::contents(&self.inner.store, &r, true))?;
                 let id = ChannelId::random().map_err(ParseError::internal)?;
                 let hlc = self.now()?;
                 let rec = make::channel(key, hlc, r.id, id, &name, &description, perms)
@@ -451,21 +523,50 @@ impl ApiState {
                     )
                 })?;
                 let room = model::room_id(&model::read_pointer(room_ptr, Class::Room, "room")?)?;
-                let r = self.readable_room(&room, &s.user)?;
                 let action = string_field(&fields, "action", class)?.ok_or_else(|| {
                     ParseError::new(
                         code::VALIDATION_ERROR,
                         "a RoomLog needs an action (a string)",
                     )
                 })?;
-                // Refuse here rather than store an entry nobody will see.
-                if r.owner != s.user && !self.inner.store.membership(&r.id, &s.user)?.is_member() {
-                    return Err(ParseError::forbidden(format!(
-                        "you are not a member of room {}: join it first (add yourself to its members), then write its log",
-                        r.id
-                    )));
+                if let Some(u) = fields.get("user").filter(|v| !v.is_null()) {
+                    let user = model::read_pointer(u, Class::User, "user")?;
+                    if user != s.user.to_hex() {
+                        return Err(ParseError::forbidden(format!(
+                            "a RoomLog's user is the user who signs it: set user to yourself ({}) or leave it out; nothing was written",
+                            s.user
+                        )));
+                    }
                 }
-                let hlc = self.now()?;
+                let r = self.fetch_room(room).await?;
+                let mut hlc = self.now()?;
+                if let Some(t) = fields.get("timestamp").filter(|v| !v.is_null()) {
+                    check_timestamp(t, hlc.physical_ms())?;
+                }
+                acl::check_body(class, body, || Acl::contents(&self.inner.store, &r, false))?;
+                // The log rule: a log entry in an open room joins its author
+                // first; an invite-only room takes entries only from members.
+                let store = &self.inner.store;
+                if r.owner != s.user && !store.membership(&r.id, &s.user)?.is_member() {
+                    if r.room.settings.join_policy != JoinPolicy::Open {
+                        return Err(ParseError::forbidden(format!(
+                            "room {} is invite-only and you are not a member: its owner admits members (a log entry joins its author only in an open room); nothing was written",
+                            r.id
+                        )));
+                    }
+                    self.write(make::join(key, hlc, r.id).map_err(sign_error)?)
+                        .await?;
+                    let now = store.membership(&r.id, &s.user)?;
+                    if !now.is_member() {
+                        return Err(ParseError::forbidden(format!(
+                            "you cannot join room {} (your membership is {}), so you cannot write its log",
+                            r.id,
+                            now.as_str()
+                        )));
+                    }
+                    self.follow(r.id).await;
+                    hlc = self.now()?;
+                }
                 let rec = make::log(key, hlc, r.id, &action).map_err(sign_error)?;
                 let (_, id) = self.write(&s.key, rec).await?;
                 (id.to_hex(), hlc)
@@ -487,7 +588,7 @@ impl ApiState {
         let store = &self.inner.store;
         let mut last = None;
         match class {
-            Class::User => return self.update_user(s, id, &fields).await,
+            Class::User => return self.update_user(s, id, &fields, body).await,
             Class::Room => {
                 let rid = model::room_id(id)?;
                 let r = if fields.contains_key("members") {
@@ -497,7 +598,9 @@ impl ApiState {
                         ParseError::not_found(format!("no Room {id} on this node"))
                     })?
                 };
-                let changes_room = fields.keys().any(|k| k != "members");
+                check_owner(&fields, &s.user, Some(&r))?;
+                acl::check_body(class, body, || Ok(Acl::room(&r.owner)))?;
+                let changes_room = fields.keys().any(|k| k != "members" && k != "owner");
                 if changes_room {
                     if r.owner != s.user {
                         return Err(ParseError::forbidden(format!(
@@ -517,7 +620,15 @@ impl ApiState {
                     last = Some(hlc);
                 }
                 if let Some(op) = fields.get("members") {
-                    last = Some(self.members_op(s, &r, op).await?.unwrap_or(self.now()?));
+                    let op = match op {
+                        Value::Array(_) => self.members_set(&r, op)?,
+                        _ => vec![op.clone()],
+                    };
+                    for op in &op {
+                        if let Some(h) = self.members_op(s, &r, op).await? {
+                            last = Some(h);
+                        }
+                    }
                 }
             }
             Class::Channel => {
@@ -543,6 +654,7 @@ impl ApiState {
                 if let Some(p) = fields.get("permissions") {
                     ch.permissions = permission_list(p)?;
                 }
+                acl::check_body(class, body, || Acl::contents(store, &r, true))?;
                 let hlc = self.now()?;
                 let rec = make::channel(
                     key,
@@ -650,6 +762,39 @@ impl ApiState {
         Ok(last)
     }
 
+    /// `members` set to a whole array (the SDKs' `set('members', [...])`):
+    /// the `AddUnique` and `Remove` operations that make the room's members
+    /// that list. The owner is always a member, listed or not.
+    fn members_set(&self, r: &RoomView, list: &Value) -> ApiResult<Vec<Value>> {
+        let want: std::collections::BTreeSet<UserId> = added_members(list)?.into_iter().collect();
+        let now: std::collections::BTreeSet<UserId> = self
+            .inner
+            .store
+            .members(&r.id)?
+            .into_iter()
+            .filter(|m| m.membership.is_member())
+            .map(|m| m.user)
+            .chain([r.owner])
+            .collect();
+        let ptrs = |users: Vec<&UserId>| -> Vec<Value> {
+            users
+                .into_iter()
+                .filter(|u| **u != r.owner)
+                .map(|u| model::pointer("_User", &u.to_hex()))
+                .collect()
+        };
+        let add = ptrs(want.difference(&now).collect());
+        let remove = ptrs(now.difference(&want).collect());
+        let mut ops = Vec::new();
+        if !add.is_empty() {
+            ops.push(json!({"__op": "AddUnique", "objects": add}));
+        }
+        if !remove.is_empty() {
+            ops.push(json!({"__op": "Remove", "objects": remove}));
+        }
+        Ok(ops)
+    }
+
     fn any_local_member(&self, room: &RoomId) -> ApiResult<bool> {
         let store = &self.inner.store;
         for u in self.inner.accounts.local_users() {
@@ -665,14 +810,29 @@ impl ApiState {
         s: &Session,
         id: &str,
         fields: &Map<String, Value>,
+        body: &Map<String, Value>,
     ) -> ApiResult<Value> {
         let user = model::user_id(id)?;
         if user != s.user {
             return Err(ParseError::forbidden(
-                "a user may change only their own account",
+                "a user may change only their own account (its username, password and role); nothing was changed",
+            ));
+        }
+        acl::check_body(Class::User, body, || Ok(Acl::user(&user)))?;
+        let role = match fields.get("role") {
+            None => None,
+            Some(v) if v.is_null() || is_delete_op(v) => Some(None),
+            Some(v) => Some(Some(role_value(v)?)),
+        };
+        if fields.contains_key("email") {
+            return Err(ParseError::forbidden(
+                "the e-mail is set at sign-up and stays on this machine",
             ));
         }
         let mut hlc = self.now()?;
+        if let Some(role) = role {
+            self.inner.accounts.set_role(&s.user, role)?;
+        }
         if let Some(name) = string_field(fields, "username", Class::User)? {
             let rec = make::profile(&s.key, hlc, &name).map_err(sign_error)?;
             tincan_core::rules::check_standalone(rec.record()).map_err(rule_error)?;
@@ -682,11 +842,6 @@ impl ApiState {
         if let Some(pw) = string_field(fields, "password", Class::User)? {
             self.inner.accounts.change_password(s, &pw).await?;
             hlc = self.now()?;
-        }
-        if fields.contains_key("email") {
-            return Err(ParseError::forbidden(
-                "the e-mail is set at sign-up and stays on this machine",
-            ));
         }
         Ok(json!({"updatedAt": model::iso_date(hlc.physical_ms())}))
     }
@@ -775,7 +930,125 @@ impl ApiState {
     }
 }
 
-fn room_settings(fields: &Map<String, Value>, mut s: RoomSettings) -> ApiResult<RoomSettings> {
+/// Refuses an `owner` other than the caller: a room's owner is the user
+/// whose key signs it (its id derives from that key), so it can neither be
+/// someone else at creation nor change later.
+fn check_owner(
+    fields: &Map<String, Value>,
+    caller: &UserId,
+    room: Option<&RoomView>,
+) -> ApiResult<()> {
+    let Some(v) = fields.get("owner") else {
+        return Ok(());
+    };
+    let owner = model::read_pointer(v, Class::User, "owner")?;
+    let actual = room.map_or(*caller, |r| r.owner);
+    if owner == actual.to_hex() {
+        return Ok(());
+    }
+    Err(ParseError::forbidden(match room {
+        None => format!(
+            "a Room's owner is the user who creates it (its id derives from their key): set owner to yourself ({caller}) or leave it out; nothing was written"
+        ),
+        Some(r) => format!(
+            "room {}'s owner is {} and cannot change (the room id derives from the owner's key); nothing was changed",
+            r.id, r.owner
+        ),
+    }))
+}
+
+/// The users a `members` value adds: a plain array of pointers to `_User`
+/// (what the SDKs send for `set('members', [...])`) or an `Add`/`AddUnique`
+/// operation.
+fn added_members(v: &Value) -> ApiResult<Vec<UserId>> {
+    let objects = match v {
+        Value::Array(a) => a,
+        _ => match (
+            v.get("__op").and_then(Value::as_str),
+            v.get("objects").and_then(Value::as_array),
+        ) {
+            (Some("Add" | "AddUnique"), Some(o)) => o,
+            _ => {
+                return Err(ParseError::incorrect_type(
+                    "a new Room's members are an array of pointers to _User (the owner is always one)",
+                ));
+            }
+        },
+    };
+    objects
+        .iter()
+        .map(|o| model::user_id(&model::read_pointer(o, Class::User, "members")?))
+        .collect()
+}
+
+/// Checks a client's RoomLog `timestamp` (a Parse Date). The entry's time is
+/// its signed HLC, which every node shows as `timestamp`; a client's clock
+/// may differ from it by at most the clock-skew rule either way, and is then
+/// replaced by the HLC. One further off is refused rather than silently
+/// replaced: backdating or postdating an entry is not something a record can
+/// say.
+fn check_timestamp(v: &Value, now_ms: u64) -> ApiResult<()> {
+    let iso = match v {
+        Value::Object(o) if o.get("__type").and_then(Value::as_str) == Some("Date") => {
+            o.get("iso").and_then(Value::as_str)
+        }
+        _ => None,
+    }
+    .ok_or_else(|| {
+        ParseError::incorrect_type(
+            "RoomLog.timestamp must be a Date {\"__type\":\"Date\",\"iso\":\"2024-01-01T00:00:00.000Z\"}",
+        )
+    })?;
+    let ms = model::parse_iso_date(iso).ok_or_else(|| {
+        ParseError::incorrect_type(format!(
+            "RoomLog.timestamp {iso:?} is not an ISO 8601 UTC date like 2024-01-01T00:00:00.000Z"
+        ))
+    })?;
+    let skew = tincan_core::rules::MAX_CLOCK_SKEW.as_millis() as i64;
+    let off = ms.saturating_sub(now_ms as i64);
+    if off.unsigned_abs() > skew.unsigned_abs() {
+        return Err(ParseError::new(
+            code::VALIDATION_ERROR,
+            format!(
+                "RoomLog.timestamp {iso} is {} s from this node's clock: an entry is dated by its signed clock, and a client's timestamp may differ from it by at most {} s; send the current time or none; nothing was written",
+                off / 1000,
+                skew / 1000
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The room fields of a write: the top-level `inviteOnly` and `memberLimit`,
+/// and the same two inside the template's `settings` object (which holds
+/// nothing else: it is what the signed room record carries).
+fn room_settings(fields: &Map<String, Value>, s: RoomSettings) -> ApiResult<RoomSettings> {
+    let s = match fields.get("settings") {
+        None | Some(Value::Null) => s,
+        Some(Value::Object(o)) => {
+            if let Some(k) = o
+                .keys()
+                .find(|k| !matches!(k.as_str(), "inviteOnly" | "memberLimit"))
+            {
+                return Err(ParseError::new(
+                    code::INVALID_KEY_NAME,
+                    format!(
+                        "Room.settings holds inviteOnly and memberLimit (what the signed room record carries), not {k:?}"
+                    ),
+                ));
+            }
+            settings_fields(o, s)?
+        }
+        Some(_) => {
+            return Err(ParseError::incorrect_type(
+                "Room.settings must be an object {\"inviteOnly\":bool,\"memberLimit\":number|null}",
+            ));
+        }
+    };
+    settings_fields(fields, s)
+}
+
+fn settings_fields(fields: &Map<String, Value>, mut s: RoomSettings) -> ApiResult<RoomSettings> {
     match fields.get("inviteOnly") {
         None => {}
         Some(Value::Bool(b)) => {
@@ -814,6 +1087,27 @@ fn room_settings(fields: &Map<String, Value>, mut s: RoomSettings) -> ApiResult<
         }
     }
     Ok(s)
+}
+
+/// Longest `_User.role`, in characters.
+const MAX_ROLE_CHARS: usize = 32;
+
+/// A `_User.role` value: a string of 1 to 32 characters, no control
+/// characters ("moderator", "participant" ...).
+pub(crate) fn role_value(v: &Value) -> ApiResult<String> {
+    let r = v.as_str().ok_or_else(|| {
+        ParseError::incorrect_type("_User.role must be a string such as \"participant\"")
+    })?;
+    let n = r.chars().count();
+    if n == 0 || n > MAX_ROLE_CHARS || r.chars().any(char::is_control) {
+        return Err(ParseError::new(
+            code::VALIDATION_ERROR,
+            format!(
+                "_User.role must be 1 to {MAX_ROLE_CHARS} characters without control characters"
+            ),
+        ));
+    }
+    Ok(r.to_owned())
 }
 
 fn permission_list(v: &Value) -> ApiResult<Vec<String>> {

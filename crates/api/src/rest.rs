@@ -74,7 +74,7 @@ pub(crate) fn header_token(headers: &axum::http::HeaderMap) -> Option<String> {
     })
 }
 
-fn is_websocket(headers: &axum::http::HeaderMap) -> bool {
+pub(crate) fn is_websocket(headers: &axum::http::HeaderMap) -> bool {
     headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
@@ -201,7 +201,11 @@ async fn user_with_session(state: &ApiState, l: &LoggedIn) -> ApiResult<Value> {
     let store = &state.inner.store;
     let mut v = match store.profile(&l.session.user)? {
         Some(p) => state.user_object(&p, &l.session.user),
-        None => json!({"objectId": l.session.user.to_hex(), "username": l.session.username}),
+        None => state
+            .local_user_object(&l.session.user, &l.session.user)
+            .unwrap_or_else(
+                || json!({"objectId": l.session.user.to_hex(), "username": l.session.username}),
+            ),
     };
     if let Value::Object(o) = &mut v {
         o.insert(
@@ -227,13 +231,26 @@ pub(crate) async fn dispatch(state: &ApiState, call: Call) -> ApiResult<(StatusC
             };
             for k in call.body.keys() {
                 if !k.starts_with('_')
-                    && !matches!(k.as_str(), "username" | "password" | "email" | "ACL")
+                    && !matches!(
+                        k.as_str(),
+                        "username" | "password" | "email" | "role" | "ACL"
+                    )
                 {
                     return Err(ParseError::new(
                         code::INVALID_KEY_NAME,
-                        format!("sign-up takes username, password and email, not {k:?}"),
+                        format!("sign-up takes username, password, email and role, not {k:?}"),
                     ));
                 }
+            }
+            let role = match call.body.get("role") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(crate::ops::role_value(v)?),
+            };
+            // The new user's id is not known yet: check what an ACL says
+            // about everyone (read, not write) before anything is made;
+            // its own user's grants are the rules' anyway.
+            if let Some(acl) = call.body.get("ACL").filter(|v| !v.is_null()) {
+                crate::acl::check_sign_up(acl)?;
             }
             // Check the name against the profile rules before sealing anything.
             if !username.is_empty() {
@@ -250,7 +267,7 @@ pub(crate) async fn dispatch(state: &ApiState, call: Call) -> ApiResult<(StatusC
             let l = state
                 .inner
                 .accounts
-                .sign_up(&username, &password, email)
+                .sign_up(&username, &password, email, role)
                 .await?;
             state.unlock(&l.session).await?;
             let hlc = state.write_profile(&l.session).await?;

@@ -329,12 +329,13 @@ async fn classes_queries_and_rules() {
         2
     );
 
-    // Log entries: members only. Bob joins by adding himself to members.
+    // Log entries are about their author (an entry in an open room joins
+    // its author: tests/template.rs). Bob joins by adding himself to members.
     n.err(
         "POST",
         "/parse/classes/RoomLog",
         Some(&b),
-        Some(json!({"room": room_ptr(&room), "action": "hi"})),
+        Some(json!({"room": room_ptr(&room), "action": "hi", "user": user_ptr(&alice)})),
         119,
     )
     .await;
