@@ -141,6 +141,7 @@ impl VoiceRelayConfig {
             datagram_burst: self.datagram_burst.unwrap_or(l.datagram_burst),
             bytes_per_second: self.bytes_per_second.unwrap_or(l.bytes_per_second),
             byte_burst: self.byte_burst.unwrap_or(l.byte_burst),
+            sealed_only: l.sealed_only,
         };
         if limits.max_members > usize::from(u16::MAX) + 1 {
             anyhow::bail!(
@@ -187,7 +188,13 @@ impl VoiceRelaySettings {
     pub fn new(listen: SocketAddr) -> Self {
         VoiceRelaySettings {
             listen,
-            limits: RelayConfig::default(),
+            limits: RelayConfig {
+                // Today's nodes send plaintext (version 1) frames: the relay
+                // forwards them until the node's driver seals every frame
+                // (issue 13 phase 2), then this default goes.
+                sealed_only: false,
+                ..RelayConfig::default()
+            },
             max_connections: 1024,
             handshake_timeout: Duration::from_secs(5),
             stats_interval: Duration::from_secs(60),
