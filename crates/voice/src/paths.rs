@@ -89,6 +89,11 @@ pub struct PlannerConfig {
     pub fallback_dial_after: Duration,
     /// Most peers a channel's full mesh connects to; beyond it, the relay.
     pub max_direct_peers: usize,
+    /// A peer with a live direct link is not timed out for want of
+    /// presences: for a driver that learns of a dead link from the
+    /// connection itself (QUIC keep-alives and idle timeout) and calls
+    /// [`PathPlanner::on_disconnected`]. Off by default.
+    pub links_vouch: bool,
     /// Most peers the planner holds at all; a presence from one more is
     /// refused until one leaves or times out.
     pub max_peers: usize,
@@ -103,6 +108,7 @@ impl Default for PlannerConfig {
             fallback_dial_after: Duration::from_millis(1000),
             max_direct_peers: 16,
             max_peers: 64,
+            links_vouch: false,
         }
     }
 }
@@ -306,7 +312,14 @@ impl PathPlanner {
             .peers
             .iter()
             .filter(|(_, p)| {
-                now.saturating_sub(p.heard_at) >= PRESENCE_TIMEOUT
+                // A peer we hold a live direct link with is present while
+                // the link is: its keep-alives prove it, and it closes the
+                // link when it leaves. Gossip can stall between two nodes
+                // for longer than the presence timeout (the mesh swapping a
+                // relay circuit for a direct connection), and the link
+                // must not go with it.
+                (now.saturating_sub(p.heard_at) >= PRESENCE_TIMEOUT
+                    && !(self.config.links_vouch && matches!(p.link, Link::Connected(_))))
                     || !matches!(channel, Some((room, ch))
                         if p.presence.room == room && p.presence.channel == Some(ch))
             })
@@ -533,7 +546,11 @@ mod tests {
     #[test]
     fn peers_that_leave_or_go_silent_are_forgotten() {
         let (a_id, b_id, c_id) = abc();
-        let mut p = PathPlanner::new(a_id, PlannerConfig::default());
+        let config = PlannerConfig {
+            links_vouch: true,
+            ..PlannerConfig::default()
+        };
+        let mut p = PathPlanner::new(a_id, config);
         p.set_channel(Some((ROOM, CH)));
         p.on_presence(&b_id, presence(Some(CH), 1, false), ms(0));
         p.on_presence(&c_id, presence(Some(CH), 1, false), ms(0));
@@ -543,8 +560,13 @@ mod tests {
         p.on_presence(&c_id, presence(Some(CH), 1, false), ms(150));
         let actions = p.poll(ms(200));
         assert!(actions.contains(&Action::Forget { peer: c_id }));
-        // B goes silent.
+        // B goes silent while linked: the link vouches for it; once the
+        // link is gone, the silence counts.
+        p.on_connected(&b_id, "192.168.1.5:4000".parse().unwrap());
         let actions = p.poll(PRESENCE_TIMEOUT + ms(1));
+        assert!(!actions.contains(&Action::Forget { peer: b_id }));
+        p.on_disconnected(&b_id, PRESENCE_TIMEOUT + ms(2));
+        let actions = p.poll(PRESENCE_TIMEOUT + ms(3));
         assert!(actions.contains(&Action::Forget { peer: b_id }));
         assert_eq!(p.present().count(), 0);
     }
