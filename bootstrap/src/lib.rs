@@ -418,6 +418,12 @@ fn voice_metric_samples(s: &voice_relay::VoiceRelayStats) -> Vec<tincan_mesh::me
         Sample::counter(
             "tincan_voice_relay_datagrams_dropped",
             dropped,
+            r.dropped_plaintext,
+        )
+        .with_label("reason", "plaintext"),
+        Sample::counter(
+            "tincan_voice_relay_datagrams_dropped",
+            dropped,
             r.dropped_wrong_speaker,
         )
         .with_label("reason", "wrong_speaker"),

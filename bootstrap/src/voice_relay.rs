@@ -45,10 +45,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 use tincan_core::permissions::{Action, allows};
+use tincan_core::{ChannelId, RoomId};
 use tincan_core::{SignedRecord, UserId};
 use tincan_media::control::{
-    Answer, Hello, MAX_CONTROL_MESSAGE, MAX_PROOF_RECORDS, Refused, Request, SpeakerEntry, Update,
-    Welcome, read_message, write_message,
+    Answer, Evidence, Hello, MAX_CONTROL_MESSAGE, MAX_MEMBER_MESSAGE, MAX_PROOF_RECORDS,
+    MemberMessage, Refused, Request, SpeakerEntry, Update, Welcome, read_frame, read_message,
+    write_message,
 };
 use tincan_media::relay::Forward;
 use tincan_media::{
@@ -141,6 +143,7 @@ impl VoiceRelayConfig {
             datagram_burst: self.datagram_burst.unwrap_or(l.datagram_burst),
             bytes_per_second: self.bytes_per_second.unwrap_or(l.bytes_per_second),
             byte_burst: self.byte_burst.unwrap_or(l.byte_burst),
+            sealed_only: l.sealed_only,
         };
         if limits.max_members > usize::from(u16::MAX) + 1 {
             anyhow::bail!(
@@ -187,7 +190,13 @@ impl VoiceRelaySettings {
     pub fn new(listen: SocketAddr) -> Self {
         VoiceRelaySettings {
             listen,
-            limits: RelayConfig::default(),
+            limits: RelayConfig {
+                // Today's nodes send plaintext (version 1) frames: the relay
+                // forwards them until the node's driver seals every frame
+                // (issue 13 phase 2), then this default goes.
+                sealed_only: false,
+                ..RelayConfig::default()
+            },
             max_connections: 1024,
             handshake_timeout: Duration::from_secs(5),
             stats_interval: Duration::from_secs(60),
@@ -230,12 +239,65 @@ struct Member {
     speaker: u16,
     group: GroupKey,
     updates: mpsc::Sender<Update>,
+    /// The records the member's join was admitted on: the gate runs again
+    /// over them and the group's evidence when evidence arrives.
+    proof: Vec<Vec<u8>>,
 }
+
+/// Signed records members sent against others of a group ([`Evidence`]):
+/// every later join to the group, and every member at each new piece of
+/// evidence, is judged over its proof and these, so a kick, ban, leave or
+/// deletion the relay was shown ends that user's membership of the relay
+/// and refuses its old proof from then on.
+struct GroupEvidence {
+    room: RoomId,
+    channel: ChannelId,
+    records: Vec<Vec<u8>>,
+    /// When the group's last member left, if it is empty.
+    emptied: Option<Instant>,
+}
+
+/// Evidence records a group keeps; past it new ones are not taken (and
+/// their sender's message is dropped): a room's moderation history that
+/// matters to one channel is far smaller.
+pub const MAX_GROUP_EVIDENCE: usize = 512;
+
+/// How long a group's evidence outlives its last member, so that a kicked
+/// member cannot come back with its old proof as soon as the others leave.
+pub const EVIDENCE_KEPT_FOR: Duration = Duration::from_secs(600);
+
+/// Empty groups whose evidence is kept at once; past it the one emptied
+/// longest ago goes first.
+pub const MAX_KEPT_GROUPS: usize = 1024;
 
 struct State {
     relay: Relay,
     members: HashMap<ConnId, Member>,
+    evidence: HashMap<GroupKey, GroupEvidence>,
     send_failed: u64,
+}
+
+impl State {
+    /// Forgets evidence of groups empty for longer than
+    /// [`EVIDENCE_KEPT_FOR`], and of the oldest empty ones past
+    /// [`MAX_KEPT_GROUPS`].
+    fn expire_evidence(&mut self, now: Instant) {
+        self.evidence.retain(|_, g| {
+            g.emptied
+                .is_none_or(|t| now.duration_since(t) < EVIDENCE_KEPT_FOR)
+        });
+        let mut empty: Vec<(Instant, GroupKey)> = self
+            .evidence
+            .iter()
+            .filter_map(|(k, g)| g.emptied.map(|t| (t, *k)))
+            .collect();
+        if empty.len() > MAX_KEPT_GROUPS {
+            empty.sort();
+            for (_, k) in &empty[..empty.len() - MAX_KEPT_GROUPS] {
+                self.evidence.remove(k);
+            }
+        }
+    }
 }
 
 struct Shared {
@@ -308,6 +370,7 @@ impl VoiceRelay {
             state: Mutex::new(State {
                 relay: Relay::new(settings.limits.clone()),
                 members: HashMap::new(),
+                evidence: HashMap::new(),
                 send_failed: 0,
             }),
             started: Instant::now(),
@@ -582,7 +645,7 @@ fn group_key(room: &tincan_core::RoomId, channel: &tincan_core::ChannelId) -> Gr
 /// Checks a hello against the node TLS proved (`peer`, its PeerId text).
 /// CPU-bound (signatures, a throwaway store): run it off the forwarding
 /// thread. The error is the reason the user reads.
-fn admit(hello: &Hello, peer: &str) -> Result<Admitted, String> {
+fn admit(hello: &Hello, peer: &str, evidence: &[Vec<u8>]) -> Result<Admitted, String> {
     hello.binding.verify().map_err(|_| {
         "your device binding is not validly signed by your user key: sign in again on this device"
             .to_owned()
@@ -613,10 +676,18 @@ fn admit(hello: &Hello, peer: &str) -> Result<Admitted, String> {
         }
         records.push(record);
     }
+    // What members showed the relay against others of this channel: a
+    // kick newer than the proof's membership refuses it.
+    records.extend(
+        evidence
+            .iter()
+            .filter_map(|b| SignedRecord::from_bytes(b).ok()),
+    );
+    tincan_voice::roster::parents_first(&mut records);
     // A store for this check alone, dropped when it returns: the relay
-    // keeps nothing of the rooms it serves.
+    // keeps nothing of the rooms it serves but the evidence it was shown.
     let store = Store::in_memory(StoreConfig {
-        pending_limit: MAX_PROOF_RECORDS,
+        pending_limit: MAX_PROOF_RECORDS + MAX_GROUP_EVIDENCE,
         feed_capacity: 1,
         ..StoreConfig::default()
     })
@@ -685,8 +756,22 @@ async fn join(
     hello: Hello,
 ) {
     let peer = conn.peer_id().to_string();
-    let checked = tokio::task::spawn_blocking(move || admit(&hello, &peer)).await;
-    let admitted = match checked {
+    let group = group_key(&hello.room, &hello.channel);
+    let prior: Vec<Vec<u8>> = {
+        let mut state = shared.lock();
+        state.expire_evidence(Instant::now());
+        state
+            .evidence
+            .get(&group)
+            .filter(|g| (g.room, g.channel) == (hello.room, hello.channel))
+            .map(|g| g.records.clone())
+            .unwrap_or_default()
+    };
+    let (room, channel) = (hello.room, hello.channel);
+    let checked =
+        tokio::task::spawn_blocking(move || admit(&hello, &peer, &prior).map(|a| (a, hello.proof)))
+            .await;
+    let (admitted, proof) = match checked {
         Ok(Ok(admitted)) => admitted,
         Ok(Err(reason)) => return refuse(shared, &conn, &mut send, reason).await,
         Err(e) => {
@@ -725,8 +810,19 @@ async fn join(
                         speaker,
                         group: admitted.group,
                         updates,
+                        proof,
                     },
                 );
+                state
+                    .evidence
+                    .entry(admitted.group)
+                    .or_insert_with(|| GroupEvidence {
+                        room,
+                        channel,
+                        records: Vec::new(),
+                        emptied: None,
+                    })
+                    .emptied = None;
                 Ok(Welcome {
                     observed: conn.remote_addr(),
                     speaker,
@@ -751,9 +847,9 @@ async fn join(
         // means it left. Either failing closes the connection, which ends
         // the forwarding loop below.
         let control_conn = conn.clone();
+        let control_shared = shared.clone();
         let control = tokio::spawn(async move {
             let mut recv = recv;
-            let mut sink = [0u8; 256];
             let writer = async {
                 while let Some(update) = queued.recv().await {
                     if write_message(&mut send, &update).await.is_err() {
@@ -761,9 +857,21 @@ async fn join(
                     }
                 }
             };
-            // The member has nothing more to say; whatever it sends is read
-            // and discarded (flow control bounds it) until it finishes.
-            let reader = async { while let Ok(Some(_)) = recv.read(&mut sink).await {} };
+            // The member's messages, until it finishes the stream (it
+            // left) or sends one over the limit (it is disconnected).
+            let reader = async {
+                while let Ok(bytes) = read_frame(&mut recv, MAX_MEMBER_MESSAGE).await {
+                    match MemberMessage::decode(&bytes) {
+                        Ok(MemberMessage::Evidence(evidence)) => {
+                            on_evidence(&control_shared, id, evidence).await;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::debug!("voice relay: a member message refused: {e}");
+                        }
+                    }
+                }
+            };
             tokio::select! {
                 () = writer => {},
                 () = reader => {},
@@ -793,10 +901,109 @@ fn leave(shared: &Shared, id: ConnId) {
     let state = &mut *guard;
     state.relay.leave(id);
     if let Some(gone) = state.members.remove(&id) {
+        let mut others = 0;
         for other in state.relay.members(&gone.group) {
             if let Some(m) = state.members.get(&other) {
+                others += 1;
                 notify(m, Update::SpeakerLeft(gone.speaker));
             }
+        }
+        if others == 0
+            && let Some(g) = state.evidence.get_mut(&gone.group)
+        {
+            g.emptied = Some(Instant::now());
+        }
+    }
+}
+
+/// Whether `user` may be in `channel` of `room` by `proof` and the group's
+/// `evidence`, applied to a store of this check alone: the one gate
+/// (`tincan_voice::gate::admit_user`) over the roster they give.
+fn still_admitted(
+    room: RoomId,
+    channel: ChannelId,
+    user: &UserId,
+    proof: &[Vec<u8>],
+    evidence: &[Vec<u8>],
+) -> bool {
+    let mut records: Vec<SignedRecord> = proof
+        .iter()
+        .chain(evidence)
+        .filter_map(|b| SignedRecord::from_bytes(b).ok())
+        .collect();
+    tincan_voice::roster::parents_first(&mut records);
+    let Ok(store) = Store::in_memory(StoreConfig {
+        pending_limit: MAX_PROOF_RECORDS + MAX_GROUP_EVIDENCE,
+        feed_capacity: 1,
+        ..StoreConfig::default()
+    }) else {
+        // No store to judge with: keep the member rather than drop a
+        // whole channel on the relay's own failure.
+        return true;
+    };
+    if store.apply_batch(records).is_err() {
+        return true;
+    }
+    match tincan_voice::roster::roster_from_store(&store, room, channel) {
+        Ok(roster) => tincan_voice::gate::admit_user(user, &roster).is_ok(),
+        Err(_) => true,
+    }
+}
+
+/// Evidence from member `from`: records of the group's room are kept (up
+/// to [`MAX_GROUP_EVIDENCE`]), then every member of the group is judged
+/// again over its proof and the evidence, and those the gate refuses are
+/// disconnected (which announces them gone to the others).
+async fn on_evidence(shared: &Arc<Shared>, from: ConnId, evidence: Evidence) {
+    let judged = {
+        let mut guard = shared.lock();
+        let state = &mut *guard;
+        let Some(group) = state.members.get(&from).map(|m| m.group) else {
+            return;
+        };
+        let Some(g) = state.evidence.get_mut(&group) else {
+            return;
+        };
+        let mut added = 0;
+        for bytes in evidence.records {
+            let about_room =
+                SignedRecord::from_bytes(&bytes).is_ok_and(|r| r.record().room() == Some(g.room));
+            if !about_room || g.records.contains(&bytes) {
+                continue;
+            }
+            if g.records.len() >= MAX_GROUP_EVIDENCE {
+                tracing::info!("voice relay: a group's evidence is full; new records dropped");
+                break;
+            }
+            g.records.push(bytes);
+            added += 1;
+        }
+        if added == 0 {
+            return;
+        }
+        let (room, channel, records) = (g.room, g.channel, g.records.clone());
+        let members: Vec<(ConnId, UserId, Vec<Vec<u8>>)> = state
+            .relay
+            .members(&group)
+            .filter_map(|c| state.members.get(&c).map(|m| (c, m.user, m.proof.clone())))
+            .collect();
+        (room, channel, records, members)
+    };
+    let (room, channel, records, members) = judged;
+    let refused = tokio::task::spawn_blocking(move || {
+        members
+            .into_iter()
+            .filter(|(_, user, proof)| !still_admitted(room, channel, user, proof, &records))
+            .map(|(c, user, _)| (c, user))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    let state = shared.lock();
+    for (c, user) in refused {
+        if let Some(m) = state.members.get(&c) {
+            tracing::info!(user = %user.fingerprint(), "voice relay: a member the evidence refuses is disconnected");
+            m.conn.close();
         }
     }
 }
@@ -810,6 +1017,7 @@ fn forward(shared: &Shared, from: ConnId, bytes: bytes::Bytes) {
         relay,
         members,
         send_failed,
+        ..
     } = &mut *guard;
     if let Forward::To(recipients) = relay.on_datagram(from, &bytes, now) {
         for to in recipients {

@@ -563,3 +563,66 @@ async fn a_blocked_node_is_closed_at_once() {
     let other = player(8);
     assert!(observe_address(&other.endpoint, &addr).await.is_ok());
 }
+
+/// The owner kicks carol while she is on the relay; bob, whose store holds
+/// the kick, sends the relay the records that show it
+/// (`tincan_voice::roster::evidence_against`). The relay drops carol (bob
+/// sees her speaker index go) and refuses her old proof from then on;
+/// records about another room change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_of_a_kick_drops_the_member_and_refuses_its_old_proof() {
+    use tincan_core::{MemberRole, MemberState};
+    use tincan_media::control::{Evidence, MemberMessage};
+    let (relay, addr) = start(settings());
+    let w = world();
+    let (bob, carol) = (player(2), player(3));
+    bob.joins(&w);
+    carol.joins(&w);
+    let b = bob.join(&w, &addr).await;
+    let c = carol.join(&w, &addr).await;
+    table_becomes(&b, |t| t.len() == 1).await;
+    let carol_index = c.speaker();
+    let old_hello = carol.hello(&w);
+
+    // Records about another room: not evidence for this channel.
+    let elsewhere: Vec<Vec<u8>> = w
+        .store
+        .membership_proof(&w.other_room, &w.owner.id(), &w.other_channel, 8)
+        .unwrap();
+    assert!(b.send_message(&MemberMessage::Evidence(Evidence { records: elsewhere })));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        b.speakers().contains_key(&carol_index),
+        "carol dropped for nothing"
+    );
+
+    w.store
+        .apply(
+            make::member(
+                &w.owner,
+                Hlc::new(30, 0),
+                w.room,
+                carol.user.id(),
+                MemberRole::Participant,
+                MemberState::Kicked,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let records =
+        tincan_voice::roster::evidence_against(&w.store, w.room, w.channel, &carol.user.id())
+            .unwrap();
+    let sent = std::time::Instant::now();
+    assert!(b.send_message(&MemberMessage::Evidence(Evidence { records })));
+    table_becomes(&b, |t| !t.contains_key(&carol_index)).await;
+    println!(
+        "FIGURE voice relay: a kicked member dropped {:.0} ms after a member's evidence",
+        sent.elapsed().as_secs_f64() * 1000.0
+    );
+    let reason = carol.refused(&addr, old_hello).await;
+    assert!(reason.contains("not a member"), "{reason}");
+    // Bob, whom nothing refuses, stays.
+    let s = stats_become(&relay, |s| s.members == 1).await;
+    assert_eq!(s.joins_accepted, 2);
+    drop(c);
+}

@@ -44,8 +44,10 @@ use tincan_media::{
 use tincan_mesh::{Mesh, PeerId};
 use tincan_store::Store;
 use tincan_voice::candidates::is_private;
-use tincan_voice::paths::{Action as PathAction, Path, PathPlanner, PlannerConfig};
+use tincan_voice::gate::{AdmitRequest, RosterSnapshot, admit};
+use tincan_voice::paths::{Action as PathAction, Path, PathPlanner, PlannerConfig, dials_first};
 use tincan_voice::policy::bitrate_for_loss;
+use tincan_voice::roster::roster_from_store;
 
 /// The voice plane of the `tincan up` running in this process: the control
 /// endpoint's commands reach it here. One node runs per process.
@@ -187,6 +189,9 @@ pub struct VoiceView {
     /// Frames dropped: from users who may not speak, unknown speakers, or
     /// malformed.
     pub frames_refused: u64,
+    /// Presences not admitted: from nodes whose user may not be in the
+    /// channel they name (never dialled, punched to, or shown).
+    pub presences_refused: u64,
     /// Wall clock (microseconds since the Unix epoch) of the microphone's
     /// first sample in this session: with a WAV input, when its sample 0
     /// was "spoken". 0 before.
@@ -318,6 +323,8 @@ struct Shared {
     deafened: std::sync::atomic::AtomicBool,
     refused: Arc<AtomicU64>,
     received: Arc<AtomicU64>,
+    /// Presences the gate did not admit.
+    refused_presences: AtomicU64,
     push_to_talk: std::sync::atomic::AtomicBool,
     /// The binding of the user the session speaks for (the node's own user,
     /// or a user of the local API).
@@ -334,7 +341,17 @@ struct Shared {
     /// presence heard (not only our session's channel): what the panel
     /// shows under each channel.
     rooms_present: Mutex<HashMap<RoomId, RoomPresence>>,
+    /// Rosters of the channels presences were heard for, read from the
+    /// store at most once a [`ROSTER_TTL`]: the gate every presence goes
+    /// through.
+    rosters: Mutex<HashMap<(RoomId, ChannelId), (Instant, RosterSnapshot)>>,
 }
+
+/// How long a roster read from the store answers for presences: a kick
+/// stops the kicked node's presences counting within this.
+const ROSTER_TTL: Duration = Duration::from_secs(1);
+/// Rosters cached at once; past it the cache starts again.
+const MAX_ROSTERS: usize = 64;
 
 /// The nodes heard in a room's voice channels: node, its user, the channel,
 /// when last heard.
@@ -397,6 +414,7 @@ impl Voice {
                 deafened: Default::default(),
                 refused: Default::default(),
                 received: Default::default(),
+                refused_presences: Default::default(),
                 push_to_talk: Default::default(),
                 current_binding: Mutex::new(current_binding),
                 devices: Mutex::new((options.input.clone(), options.output.clone())),
@@ -404,6 +422,7 @@ impl Voice {
                 speaking: Mutex::default(),
                 speaking_tx: tokio::sync::broadcast::channel(SPEAKING_QUEUE).0,
                 rooms_present: Mutex::default(),
+                rosters: Mutex::default(),
                 options,
             }),
         };
@@ -411,7 +430,67 @@ impl Voice {
         tokio::spawn(voice.clone().signal_loop());
         tokio::spawn(voice.clone().tick_loop());
         tokio::spawn(voice.clone().observe_loop());
+        tokio::spawn(voice.clone().roster_loop());
         Ok(voice)
+    }
+
+    /// Follows the store's change feed: when the session's room changes (a
+    /// kick, ban, leave, demotion, permission change, the channel's or the
+    /// room's deletion), the gate runs again over the new roster and every
+    /// link whose user it refuses closes at once.
+    async fn roster_loop(self) {
+        let mut changes = self.shared.store.subscribe();
+        loop {
+            let changed = match changes.recv().await {
+                Ok(change) => Some(change.entity),
+                // Some changes were missed: check whatever they were.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let Some((room, channel)) = lock(&self.shared.session)
+                .as_ref()
+                .map(|s| (s.room, s.channel))
+            else {
+                continue;
+            };
+            if changed
+                .as_ref()
+                .is_some_and(|e| !tincan_voice::roster::affects_roster(e, &room))
+            {
+                continue;
+            }
+            lock(&self.shared.rosters).remove(&(room, channel));
+            let roster = match roster_from_store(&self.shared.store, room, channel) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("cannot read the voice channel's roster: {e}");
+                    continue;
+                }
+            };
+            let mut guard = lock(&self.shared.session);
+            let Some(s) = guard.as_mut() else { continue };
+            if (s.room, s.channel) != (room, channel) {
+                continue;
+            }
+            let refused: Vec<(PeerId, String)> = s
+                .links
+                .iter()
+                .filter_map(|(peer, l)| {
+                    tincan_voice::gate::admit_user(&l.user, &roster)
+                        .err()
+                        .map(|r| (*peer, r.to_string()))
+                })
+                .collect();
+            for (peer, why) in refused {
+                if let Some(l) = s.links.remove(&peer) {
+                    l.recv_task.abort();
+                    l.conn.close();
+                }
+                s.present.remove(&peer);
+                s.planner.remove(&peer);
+                tracing::info!(%peer, "voice link closed: {why}");
+            }
+        }
     }
 
     /// The voice socket's address.
@@ -502,6 +581,9 @@ impl Voice {
             self.shared.endpoint.peer_id(),
             PlannerConfig {
                 max_direct_peers: self.shared.options.max_direct_peers,
+                // quinn tells us when a link dies (the tick loop's dead
+                // links), so a linked peer stays while gossip stalls.
+                links_vouch: true,
                 ..PlannerConfig::default()
             },
         );
@@ -633,6 +715,48 @@ impl Voice {
         Ok(())
     }
 
+    /// The gate for a presence in `channel`: its binding names the node
+    /// that published it, and its user may be in the channel now.
+    fn admit_presence(
+        &self,
+        from: &PeerId,
+        presence: &Presence,
+        channel: ChannelId,
+    ) -> Result<(), String> {
+        let key = (presence.room, channel);
+        let now = Instant::now();
+        let roster = {
+            let cached = lock(&self.shared.rosters)
+                .get(&key)
+                .filter(|(at, _)| now.duration_since(*at) < ROSTER_TTL)
+                .map(|(_, r)| r.clone());
+            match cached {
+                Some(r) => r,
+                None => {
+                    let r = roster_from_store(&self.shared.store, presence.room, channel)
+                        .map_err(|e| format!("the store cannot say who is a member now: {e}"))?;
+                    let mut all = lock(&self.shared.rosters);
+                    if all.len() >= MAX_ROSTERS {
+                        all.clear();
+                    }
+                    all.insert(key, (now, r.clone()));
+                    r
+                }
+            }
+        };
+        admit(
+            &AdmitRequest {
+                binding: &presence.binding,
+                node: from,
+                room: presence.room,
+                channel,
+            },
+            &roster,
+        )
+        .map(|_| ())
+        .map_err(|r| r.to_string())
+    }
+
     fn remember_presence(&self, from: PeerId, presence: &Presence) {
         let mut all = lock(&self.shared.rooms_present);
         let now = Instant::now();
@@ -742,6 +866,7 @@ impl Voice {
             deafened: self.shared.deafened.load(Ordering::Relaxed),
             frames_received: self.shared.received.load(Ordering::Relaxed),
             frames_refused: self.shared.refused.load(Ordering::Relaxed),
+            presences_refused: self.shared.refused_presences.load(Ordering::Relaxed),
             ..VoiceView::default()
         };
         let Some(s) = guard.as_ref() else {
@@ -948,7 +1073,10 @@ impl Voice {
             }
             Request::Join(hello) => hello,
         };
-        match self.check_hello(&conn, &hello) {
+        match self
+            .check_hello(&conn, &hello)
+            .and_then(|()| self.check_second_link(&conn.peer_id(), false))
+        {
             Ok(()) => {
                 write_message(
                     &mut send,
@@ -1023,6 +1151,29 @@ impl Voice {
         }
     }
 
+    /// One link per pair: a connection with `peer` that we dialled
+    /// (`dialled`) or accepted is refused while a live link with it is up,
+    /// unless it is the one the smaller PeerId dialled (that one replaces
+    /// the other, at both ends).
+    fn check_second_link(&self, peer: &PeerId, dialled: bool) -> Result<(), String> {
+        let guard = lock(&self.shared.session);
+        let Some(s) = guard.as_ref() else {
+            return Ok(());
+        };
+        let me = self.shared.mesh.peer_id();
+        let canonical = if dialled {
+            dials_first(&me, peer)
+        } else {
+            dials_first(peer, &me)
+        };
+        match s.links.get(peer) {
+            Some(l) if l.conn.close_reason().is_none() && !canonical => {
+                Err("a voice link with this node is up already".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Registers a direct link and starts receiving on it. `control` is
     /// kept open for the connection's life.
     fn add_link(&self, conn: VoiceConnection, user: UserId, control: quinn::SendStream) {
@@ -1080,6 +1231,18 @@ impl Voice {
                         continue;
                     }
                 };
+            // Presence from members only: a node whose user may not be in
+            // the channel it names is neither dialled, nor punched to, nor
+            // shown (tincan_voice's gate, over the store's roster).
+            if let Some(channel) = presence.channel
+                && let Err(why) = self.admit_presence(&signal.from, &presence, channel)
+            {
+                self.shared
+                    .refused_presences
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(from = %signal.from, "voice presence not admitted: {why}");
+                continue;
+            }
             self.remember_presence(signal.from, &presence);
             let newcomer = {
                 let mut guard = lock(&self.shared.session);
@@ -1198,7 +1361,10 @@ impl Voice {
         let result = self.dial_any(&peer, &addrs).await;
         if let Err(e) = result {
             tracing::debug!(%peer, "voice dial failed: {e:#}");
-            if let Some(s) = lock(&self.shared.session).as_mut() {
+            if let Some(s) = lock(&self.shared.session).as_mut()
+                // The other side's dial may have brought the link meanwhile.
+                && !s.links.contains_key(&peer)
+            {
                 let now = s.started.elapsed();
                 s.planner.on_disconnected(&peer, now);
             }
@@ -1260,6 +1426,10 @@ impl Voice {
                         .as_ref()
                         .and_then(|s| s.present.get(&expected).copied())
                         .ok_or_else(|| anyhow!("{peer} left before the link was up"))?;
+                    if let Err(reason) = self.check_second_link(&expected, true) {
+                        conn.close();
+                        bail!("{peer}: {reason}");
+                    }
                     self.add_link(conn, user, send);
                     Ok(())
                 }

@@ -142,6 +142,19 @@ fn pair(tag: &str, home_a: Home, home_b: Home) -> PairResult {
     }
 }
 
+/// Whether the pair runs: all of them, unless `TINCAN_NAT_PAIRS` names
+/// some (`public:symmetric,port-preserving:port-restricted`), to look at
+/// one pair while investigating.
+fn pair_selected(a: Home, b: Home) -> bool {
+    let Ok(wanted) = std::env::var("TINCAN_NAT_PAIRS") else {
+        return true;
+    };
+    wanted.split(',').any(|w| {
+        let (x, y) = w.split_once(':').unwrap_or((w, w));
+        (x == a.name() && y == b.name()) || (x == b.name() && y == a.name())
+    })
+}
+
 #[test]
 fn every_pair_of_homes_gets_the_room_and_talks_with_the_readme_flags() {
     if skip() {
@@ -151,6 +164,9 @@ fn every_pair_of_homes_gets_the_room_and_talks_with_the_readme_flags() {
     for (i, a) in Home::ALL.into_iter().enumerate() {
         for b in Home::ALL.into_iter().skip(i) {
             let tag = format!("{}{}", i, Home::ALL.iter().position(|h| *h == b).unwrap());
+            if !pair_selected(a, b) {
+                continue;
+            }
             let result = std::panic::catch_unwind(|| pair(&tag, a, b));
             let (a_name, b_name) = (a.name(), b.name());
             match result {

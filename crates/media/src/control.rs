@@ -19,6 +19,14 @@
 //!   the one channel named in the [`Hello`];
 //! - through a relay, the relay hands each connection its own speaker index
 //!   in the [`Welcome`] and tells every member which user holds which index.
+//!
+//! After the handshake the stream carries, in each direction:
+//! - between two nodes: [`LinkMessage`]s, the voice signals (presence, key
+//!   shares) each end would also gossip, so a link keeps working when the
+//!   mesh loses messages between the two;
+//! - from a relay to a member: [`Update`]s; from a member to a relay:
+//!   [`MemberMessage`]s, the signed records that show the relay a speaker
+//!   is no longer admitted ([`Evidence`]).
 
 use std::net::SocketAddr;
 
@@ -88,6 +96,108 @@ pub enum Update {
     SpeakerLeft(u16),
 }
 
+/// What two linked nodes send each other on the control stream after the
+/// handshake.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkMessage {
+    /// A voice signal (`tincan_voice::protocol::VoiceSignal` bytes), as the
+    /// sender publishes it on the room's voice topic: TLS proves who sent
+    /// it, as gossipsub's signature does on the mesh.
+    Signal(Vec<u8>),
+}
+
+/// Largest [`LinkMessage`] a node reads: a voice signal is at most 16 KiB.
+pub const MAX_LINK_MESSAGE: usize = 17 * 1024;
+
+/// Most records one [`Evidence`] message may carry: a user's membership
+/// history in a room is at most a few dozen records, and the room's and
+/// the channel's records add two.
+pub const MAX_EVIDENCE_RECORDS: usize = 32;
+
+/// Largest record in evidence: records are at most 16 KiB on the wire.
+pub const MAX_EVIDENCE_RECORD_LEN: usize = 16 * 1024;
+
+/// Largest [`MemberMessage`] a relay reads.
+pub const MAX_MEMBER_MESSAGE: usize = 64 * 1024;
+
+/// Signed records that show a relay that a user in its speaker table may no
+/// longer be in the channel: the owner's kick or ban, the user's own leave,
+/// a newer channel record whose permissions leave them out, the channel's
+/// or the room's deletion. Each is the postcard bytes of a
+/// `SignedRecord`, parents first (room, memberships, channel).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The records.
+    pub records: Vec<Vec<u8>>,
+}
+
+/// What a member sends a relay on the control stream after its welcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum MemberMessage {
+    /// Records the member's own gate read as refusing someone the relay
+    /// still forwards to: the relay applies them and runs its gate again.
+    Evidence(Evidence),
+}
+
+/// Why a member message is not one a relay takes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MemberMessageError {
+    /// Longer than [`MAX_MEMBER_MESSAGE`].
+    #[error("a member message of {0} bytes, over the limit of {MAX_MEMBER_MESSAGE}")]
+    TooLong(usize),
+    /// Not a member message.
+    #[error("not a member message: {0}")]
+    Malformed(#[source] postcard::Error),
+    /// Bytes after its end.
+    #[error("a member message with {0} bytes after its end")]
+    Trailing(usize),
+    /// More records than [`MAX_EVIDENCE_RECORDS`].
+    #[error("evidence of {0} records, over the limit of {MAX_EVIDENCE_RECORDS}")]
+    TooManyRecords(usize),
+    /// A record longer than [`MAX_EVIDENCE_RECORD_LEN`], or empty.
+    #[error("an evidence record of {0} bytes (1 to {MAX_EVIDENCE_RECORD_LEN} allowed)")]
+    BadRecord(usize),
+}
+
+impl MemberMessage {
+    /// The bytes of one message (without the length prefix
+    /// [`write_message`] adds).
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising plain data into a Vec cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Decodes one message and checks its limits: what a relay does with
+    /// what a member sends. Never panics.
+    pub fn decode(bytes: &[u8]) -> Result<Self, MemberMessageError> {
+        if bytes.len() > MAX_MEMBER_MESSAGE {
+            return Err(MemberMessageError::TooLong(bytes.len()));
+        }
+        let (message, rest): (MemberMessage, &[u8]) =
+            postcard::take_from_bytes(bytes).map_err(MemberMessageError::Malformed)?;
+        if !rest.is_empty() {
+            return Err(MemberMessageError::Trailing(rest.len()));
+        }
+        match &message {
+            MemberMessage::Evidence(e) => {
+                if e.records.len() > MAX_EVIDENCE_RECORDS {
+                    return Err(MemberMessageError::TooManyRecords(e.records.len()));
+                }
+                if let Some(r) = e
+                    .records
+                    .iter()
+                    .find(|r| r.is_empty() || r.len() > MAX_EVIDENCE_RECORD_LEN)
+                {
+                    return Err(MemberMessageError::BadRecord(r.len()));
+                }
+            }
+        }
+        Ok(message)
+    }
+}
+
 /// The dialler's first message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -146,6 +256,41 @@ pub async fn write_message<T: Serialize, W: tokio::io::AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Reads one length-prefixed message's bytes, at most `limit` of them,
+/// without decoding them (for messages with their own strict decoder, such
+/// as [`MemberMessage::decode`]).
+pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+    recv: &mut R,
+    limit: usize,
+) -> Result<Vec<u8>, ControlError> {
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > limit {
+        return Err(ControlError::TooLarge { len, limit });
+    }
+    let mut bytes = vec![0u8; len];
+    recv.read_exact(&mut bytes).await?;
+    Ok(bytes)
+}
+
+/// Writes one length-prefixed frame of bytes already encoded.
+pub async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
+    send: &mut W,
+    bytes: &[u8],
+) -> Result<(), ControlError> {
+    use tokio::io::AsyncWriteExt;
+    let len = u32::try_from(bytes.len()).map_err(|_| ControlError::TooLarge {
+        len: bytes.len(),
+        limit: u32::MAX as usize,
+    })?;
+    send.write_all(&len.to_be_bytes()).await?;
+    send.write_all(bytes).await?;
+    send.flush().await?;
+    Ok(())
+}
+
 /// Reads one length-prefixed message of at most `limit` bytes.
 pub async fn read_message<T: serde::de::DeserializeOwned, R: tokio::io::AsyncRead + Unpin>(
     recv: &mut R,
@@ -193,6 +338,53 @@ mod tests {
         };
         assert_eq!(back, hello());
         assert!(back.binding.verify().is_ok());
+    }
+
+    #[tokio::test]
+    async fn member_messages_round_trip_and_their_limits_hold() {
+        let ok = MemberMessage::Evidence(Evidence {
+            records: vec![vec![1; 10], vec![2; MAX_EVIDENCE_RECORD_LEN]],
+        });
+        let bytes = ok.encode();
+        assert_eq!(MemberMessage::decode(&bytes).unwrap(), ok);
+        let mut framed = Vec::new();
+        write_frame(&mut framed, &bytes).await.unwrap();
+        let back = read_frame(&mut framed.as_slice(), MAX_MEMBER_MESSAGE)
+            .await
+            .unwrap();
+        assert_eq!(back, bytes);
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(matches!(
+            MemberMessage::decode(&trailing),
+            Err(MemberMessageError::Trailing(1))
+        ));
+        let many = MemberMessage::Evidence(Evidence {
+            records: vec![vec![1]; MAX_EVIDENCE_RECORDS + 1],
+        });
+        assert!(matches!(
+            MemberMessage::decode(&many.encode()),
+            Err(MemberMessageError::TooManyRecords(_))
+        ));
+        let empty = MemberMessage::Evidence(Evidence {
+            records: vec![Vec::new()],
+        });
+        assert!(matches!(
+            MemberMessage::decode(&empty.encode()),
+            Err(MemberMessageError::BadRecord(0))
+        ));
+        let huge = MemberMessage::Evidence(Evidence {
+            records: vec![vec![0; MAX_EVIDENCE_RECORD_LEN + 1]],
+        });
+        assert!(matches!(
+            MemberMessage::decode(&huge.encode()),
+            Err(MemberMessageError::BadRecord(_))
+        ));
+        assert!(MemberMessage::decode(&[0xff; 70_000]).is_err());
+        for len in 0..64usize {
+            let junk: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
+            let _ = MemberMessage::decode(&junk);
+        }
     }
 
     #[tokio::test]

@@ -8,9 +8,10 @@
 //! - for each datagram received, [`Relay::on_datagram`] says which
 //!   connections to send the same bytes to: every other member of the
 //!   sender's group, never the sender. It reads the 13-byte header to check
-//!   the frame and never touches the Opus packet: plaintext frames
-//!   (version 1) and end-to-end sealed ones (version 2, which it cannot
-//!   read) are forwarded alike;
+//!   the frame and never touches what follows: end-to-end sealed frames
+//!   (version 2), which it cannot read; plaintext frames (version 1) are
+//!   dropped and counted unless [`RelayConfig::sealed_only`] is off (a
+//!   relay serving nodes older than end-to-end voice);
 //! - [`Relay::leave`] when the connection closes or leaves the room.
 //!
 //! `now` is a parameter (microseconds since any origin), so tests and
@@ -23,7 +24,7 @@ use std::collections::HashMap;
 
 use thiserror::Error;
 
-use crate::protocol::{ParseError, VoiceHeader};
+use crate::protocol::{ParseError, SEALED_VERSION, VoiceHeader};
 
 /// A connection, named by the network layer; the relay only compares them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -50,6 +51,10 @@ pub struct RelayConfig {
     pub bytes_per_second: u64,
     /// Bytes a connection may send in a burst above that rate.
     pub byte_burst: u64,
+    /// Forward only end-to-end sealed frames (version 2); plaintext ones
+    /// (version 1) are dropped as [`DropReason::Plaintext`]. On by default:
+    /// a member that sends plaintext would let the relay hear it.
+    pub sealed_only: bool,
 }
 
 impl Default for RelayConfig {
@@ -64,6 +69,7 @@ impl Default for RelayConfig {
             datagram_burst: 50,
             bytes_per_second: 50_000,
             byte_burst: 12_500,
+            sealed_only: true,
         }
     }
 }
@@ -76,6 +82,9 @@ pub enum DropReason {
     NotJoined,
     /// The bytes are not a voice datagram this relay understands.
     Malformed(ParseError),
+    /// A plaintext (version 1) frame, while the relay forwards sealed
+    /// frames only.
+    Plaintext,
     /// The datagram names a speaker other than the one the sender was given.
     WrongSpeaker,
     /// The sender is over its datagrams-per-second cap.
@@ -155,6 +164,8 @@ pub struct RelayStats {
     pub dropped_not_joined: u64,
     /// Dropped: not a voice datagram.
     pub dropped_malformed: u64,
+    /// Dropped: a plaintext frame (the relay forwards sealed frames only).
+    pub dropped_plaintext: u64,
     /// Dropped: the speaker index was not the sender's.
     pub dropped_wrong_speaker: u64,
     /// Dropped: over the datagram rate cap.
@@ -336,6 +347,10 @@ impl Relay {
                 return Forward::Drop(DropReason::Malformed(e));
             }
         };
+        if self.config.sealed_only && datagram.version != SEALED_VERSION {
+            self.stats.dropped_plaintext += 1;
+            return Forward::Drop(DropReason::Plaintext);
+        }
         if datagram.speaker != connection.speaker {
             self.stats.dropped_wrong_speaker += 1;
             return Forward::Drop(DropReason::WrongSpeaker);
@@ -394,10 +409,12 @@ mod tests {
             datagram_burst: 1_000_000,
             bytes_per_second: 1 << 40,
             byte_burst: 1 << 40,
+            sealed_only: true,
         }
     }
 
-    fn frame(speaker: u16, sequence: u32) -> Vec<u8> {
+    /// A plaintext frame (version 1).
+    fn plain(speaker: u16, sequence: u32) -> Vec<u8> {
         VoiceDatagram {
             speaker,
             sequence,
@@ -409,6 +426,15 @@ mod tests {
         .unwrap()
     }
 
+    /// A sealed frame (version 2) as the relay sees it: the header, then
+    /// bytes it cannot read (a key id, 60 bytes of ciphertext, the tag).
+    fn frame(speaker: u16, sequence: u32) -> Vec<u8> {
+        let mut sealed = plain(speaker, sequence)[..crate::protocol::HEADER_LEN].to_vec();
+        sealed[0] = SEALED_VERSION;
+        sealed.extend_from_slice(&[0x5a; 69]);
+        sealed
+    }
+
     #[test]
     fn sealed_frames_are_forwarded_by_their_header_alone() {
         let mut relay = Relay::new(generous());
@@ -416,9 +442,7 @@ mod tests {
         let b = ConnId(2);
         let sa = relay.join(a, ROOM).unwrap();
         relay.join(b, ROOM).unwrap();
-        let mut sealed = frame(sa, 1)[..crate::protocol::HEADER_LEN].to_vec();
-        sealed[0] = SEALED_VERSION;
-        sealed.extend_from_slice(&[0x5a; 80]);
+        let sealed = frame(sa, 1);
         assert_eq!(recipients(&mut relay, a, &sealed, 0), vec![b]);
         let mut wrong = sealed.clone();
         crate::protocol::set_speaker(&mut wrong, sa + 1);
@@ -426,6 +450,29 @@ mod tests {
             relay.on_datagram(a, &wrong, 0),
             Forward::Drop(DropReason::WrongSpeaker)
         ));
+    }
+
+    #[test]
+    fn plaintext_frames_are_dropped_and_counted_unless_allowed() {
+        let mut relay = Relay::new(generous());
+        let sa = relay.join(ConnId(1), ROOM).unwrap();
+        relay.join(ConnId(2), ROOM).unwrap();
+        assert_eq!(
+            dropped(&mut relay, ConnId(1), &plain(sa, 1), 0),
+            DropReason::Plaintext
+        );
+        assert_eq!(relay.stats().dropped_plaintext, 1);
+        assert_eq!(relay.stats().forwarded, 0);
+        let mut old = Relay::new(RelayConfig {
+            sealed_only: false,
+            ..generous()
+        });
+        let sa = old.join(ConnId(1), ROOM).unwrap();
+        old.join(ConnId(2), ROOM).unwrap();
+        assert_eq!(
+            recipients(&mut old, ConnId(1), &plain(sa, 1), 0),
+            [ConnId(2)]
+        );
     }
 
     fn recipients(relay: &mut Relay, from: ConnId, bytes: &[u8], now: u64) -> Vec<ConnId> {
@@ -464,7 +511,7 @@ mod tests {
             assert_eq!(to, expected);
         }
         assert_eq!(relay.stats().forwarded, 12);
-        assert_eq!(relay.stats().forwarded_bytes, 12 * 73);
+        assert_eq!(relay.stats().forwarded_bytes, 12 * 82);
         assert_eq!(relay.stats().received, 4);
     }
 

@@ -39,8 +39,8 @@ use tincan_core::UserId;
 use tokio::sync::watch;
 
 use crate::control::{
-    Answer, ControlError, Hello, MAX_CONTROL_MESSAGE, Request, Update, Welcome, read_message,
-    write_message,
+    Answer, ControlError, Hello, MAX_CONTROL_MESSAGE, MemberMessage, Request, Update, Welcome,
+    read_message, write_frame, write_message,
 };
 use crate::endpoint::{ConnectError, VoiceConnection, VoiceEndpoint};
 use crate::protocol::VoiceDatagram;
@@ -140,6 +140,15 @@ pub async fn observe_address(
     }
 }
 
+/// Updates from the relay kept for a driver that reads them with
+/// [`RelaySession::take_updates`]; past it the oldest are lost (the speaker
+/// table itself stays right).
+const UPDATE_QUEUE: usize = 256;
+
+/// Member messages (evidence) waiting to be written; past it new ones are
+/// dropped: evidence is sent again while the relay still forwards.
+const OUTGOING_QUEUE: usize = 16;
+
 /// Membership of a voice channel through a relay. Dropping it (or
 /// [`RelaySession::leave`]) leaves the channel.
 #[derive(Debug)]
@@ -147,9 +156,12 @@ pub struct RelaySession {
     conn: VoiceConnection,
     welcome: Welcome,
     speakers: watch::Receiver<SpeakerTable>,
-    // Kept open: the relay takes the end of our control stream as leaving.
-    control: quinn::SendStream,
+    updates_rx: Option<tokio::sync::mpsc::Receiver<Update>>,
+    // The control stream's writer: our member messages; it keeps the
+    // stream open, since the relay takes its end as leaving.
+    outgoing: tokio::sync::mpsc::Sender<Vec<u8>>,
     updates: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
 }
 
 impl RelaySession {
@@ -176,6 +188,7 @@ impl RelaySession {
             .map(|entry| (entry.speaker, entry.user))
             .collect();
         let (table_tx, speakers) = watch::channel(table);
+        let (updates_tx, updates_rx) = tokio::sync::mpsc::channel(UPDATE_QUEUE);
         let updates = tokio::spawn(async move {
             // Ends when the relay closes the stream or the connection; the
             // watch sender drops with it, which tells watchers.
@@ -188,15 +201,45 @@ impl RelaySession {
                         table.remove(&speaker);
                     }
                 });
+                // Nobody reading, or a reader that fell far behind: the
+                // table above is what counts.
+                let _ = updates_tx.try_send(update);
             }
+        });
+        let (outgoing, mut queued) = tokio::sync::mpsc::channel::<Vec<u8>>(OUTGOING_QUEUE);
+        let writer = tokio::spawn(async move {
+            let mut control = control;
+            while let Some(bytes) = queued.recv().await {
+                if write_frame(&mut control, &bytes).await.is_err() {
+                    break;
+                }
+            }
+            // The sender side dropped: we leave.
+            let _ = control.finish();
         });
         Ok(RelaySession {
             conn,
             welcome,
             speakers,
-            control,
+            updates_rx: Some(updates_rx),
+            outgoing,
             updates,
+            writer,
         })
+    }
+
+    /// The relay's updates to the speaker table as they come, for a driver
+    /// that feeds them to its session (once; later calls get `None`). The
+    /// channel ends when the relay closes the session.
+    pub fn take_updates(&mut self) -> Option<tokio::sync::mpsc::Receiver<Update>> {
+        self.updates_rx.take()
+    }
+
+    /// Queues a message for the relay on the control stream (evidence that
+    /// someone it forwards to is no longer admitted). Never waits: `false`
+    /// when the queue is full or the session is over.
+    pub fn send_message(&self, message: &MemberMessage) -> bool {
+        self.outgoing.try_send(message.encode()).is_ok()
     }
 
     /// The speaker index to write in every datagram we send.
@@ -244,15 +287,16 @@ impl RelaySession {
     }
 
     /// Leaves the channel and closes the connection.
-    pub fn leave(mut self) {
-        let _ = self.control.finish();
-        self.conn.close();
+    pub fn leave(self) {
+        // Dropping closes the connection; the relay takes that as leaving.
+        drop(self);
     }
 }
 
 impl Drop for RelaySession {
     fn drop(&mut self) {
         self.updates.abort();
+        self.writer.abort();
         self.conn.close();
     }
 }

@@ -61,6 +61,14 @@ pub struct SessionConfig {
     pub max_queued: usize,
     /// Most entries the relay's speaker table may hold.
     pub max_relay_speakers: usize,
+    /// How long the relay stays joined once no participant needs it (every
+    /// one has a direct link) before the session leaves it: long enough
+    /// that a link that flaps does not make us leave and join again.
+    pub relay_linger: Duration,
+    /// Longest signal the session publishes: the mesh carries voice
+    /// signals of at most 2 KiB (`tincan_mesh::MAX_SIGNAL_BYTES`), so a key
+    /// share to many participants goes out as several signals.
+    pub max_signal_len: usize,
     /// The wall clock, in milliseconds since the Unix epoch, at `now` = 0:
     /// presences carry `origin_ms + now` so peers order our repetitions
     /// across restarts.
@@ -87,6 +95,8 @@ impl Default for SessionConfig {
             speaking_hold: Duration::from_millis(300),
             max_queued: 4096,
             max_relay_speakers: 256,
+            relay_linger: Duration::from_secs(5),
+            max_signal_len: 2048,
             origin_ms: 0,
         }
     }

@@ -44,6 +44,9 @@ pub struct RosterSnapshot {
     /// Every other user the store knows something about; a user missing
     /// here is no member.
     pub users: BTreeMap<UserId, RosterEntry>,
+    /// The channel (or the whole room) was deleted: nobody may be in it,
+    /// the owner neither.
+    pub deleted: bool,
 }
 
 impl RosterSnapshot {
@@ -54,6 +57,16 @@ impl RosterSnapshot {
             channel,
             owner,
             users: BTreeMap::new(),
+            deleted: false,
+        }
+    }
+
+    /// The roster of a channel (or room) that was deleted, or that the
+    /// store does not hold: it admits nobody.
+    pub fn deleted(room: RoomId, channel: ChannelId, owner: UserId) -> Self {
+        RosterSnapshot {
+            deleted: true,
+            ..RosterSnapshot::new(room, channel, owner)
         }
     }
 
@@ -82,8 +95,11 @@ impl RosterSnapshot {
     }
 
     /// What the roster says of `user`: the owner may do everything, an
-    /// unknown user nothing.
+    /// unknown user nothing (and in a deleted channel nobody anything).
     pub fn entry(&self, user: &UserId) -> RosterEntry {
+        if self.deleted {
+            return RosterEntry::default();
+        }
         if *user == self.owner {
             return RosterEntry {
                 member: true,
@@ -140,6 +156,9 @@ pub enum Refusal {
     /// The binding's signature does not verify.
     #[error("the user binding is not signed by its user")]
     BadBinding,
+    /// The channel or its room was deleted.
+    #[error("the voice channel (or its room) was deleted")]
+    Deleted,
 }
 
 /// The libp2p PeerId of a tincan node id (an ed25519 public key), or None
@@ -153,6 +172,9 @@ pub fn peer_id_of(node: &NodeId) -> Option<PeerId> {
 /// that changes when the roster does. The session re-runs this alone on a
 /// new roster, for bindings [`admit`] already verified.
 pub fn admit_user(user: &UserId, roster: &RosterSnapshot) -> Result<Admitted, Refusal> {
+    if roster.deleted {
+        return Err(Refusal::Deleted);
+    }
     let entry = roster.entry(user);
     if !entry.member {
         return Err(Refusal::NotMember);
@@ -298,5 +320,9 @@ mod tests {
         // A new roster without the member: admit_user says no.
         roster.users.remove(&member.id());
         assert_eq!(admit_user(&member.id(), &roster), Err(Refusal::NotMember));
+        // The channel deleted: not even the owner.
+        let gone = RosterSnapshot::deleted(ROOM, CH, owner.id());
+        assert_eq!(admit_user(&owner.id(), &gone), Err(Refusal::Deleted));
+        assert_eq!(gone.entry(&owner.id()), RosterEntry::default());
     }
 }

@@ -22,6 +22,7 @@ pub mod pacer;
 pub mod paths;
 pub mod policy;
 pub mod protocol;
+pub mod roster;
 pub mod session;
 
 pub use config::SessionConfig;

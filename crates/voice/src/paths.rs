@@ -9,12 +9,17 @@
 //!
 //! For every peer present in our voice channel it decides:
 //! - who dials: the node with the smaller PeerId (as text, as every tincan
-//!   node compares them, so that nodes of this and older versions agree), so two nodes
-//!   never race two connections; it dials all the peer's candidates at once
+//!   node compares them) dials first, all the peer's candidates at once,
 //!   and keeps the first that answers;
 //! - who punches: the other node sends punch packets to the dialler's
 //!   candidates every [`PlannerConfig::punch_every`] while it waits, so that
 //!   its NAT lets the dialler's handshake in (simultaneous open);
+//! - the side that can dial does: when the smaller side's dial has not
+//!   produced a link within [`PlannerConfig::fallback_dial_after`], the
+//!   larger side dials too (a public peer with the smaller PeerId cannot
+//!   reach a symmetric NAT, but the symmetric side can reach it). Should
+//!   both dials succeed, the session keeps the smaller side's connection
+//!   at both ends, so a pair holds exactly one link;
 //! - when to fall back on the relay: a peer present for
 //!   [`PlannerConfig::relay_after`] without a direct connection, or one
 //!   that says it is relayed, makes [`PathPlanner::needs_relay`] true.
@@ -62,6 +67,13 @@ impl std::fmt::Display for Path {
     }
 }
 
+/// Whether `me` is the side that dials `peer` first: the smaller PeerId as
+/// text, as every tincan node compares them. Where both sides dialled and
+/// both connections came up, the one this side dialled is the one both keep.
+pub fn dials_first(me: &PeerId, peer: &PeerId) -> bool {
+    me.to_string() < peer.to_string()
+}
+
 /// The planner's timing.
 #[derive(Clone, Debug)]
 pub struct PlannerConfig {
@@ -71,8 +83,17 @@ pub struct PlannerConfig {
     pub punch_every: Duration,
     /// Wait after a failed dial before dialling the same peer again.
     pub redial_after: Duration,
+    /// How long the larger PeerId waits for the smaller one's dial before
+    /// it dials itself. Shorter than `relay_after`, so that the direct
+    /// path wins where one side can reach the other.
+    pub fallback_dial_after: Duration,
     /// Most peers a channel's full mesh connects to; beyond it, the relay.
     pub max_direct_peers: usize,
+    /// A peer with a live direct link is not timed out for want of
+    /// presences: for a driver that learns of a dead link from the
+    /// connection itself (QUIC keep-alives and idle timeout) and calls
+    /// [`PathPlanner::on_disconnected`]. Off by default.
+    pub links_vouch: bool,
     /// Most peers the planner holds at all; a presence from one more is
     /// refused until one leaves or times out.
     pub max_peers: usize,
@@ -84,8 +105,10 @@ impl Default for PlannerConfig {
             relay_after: Duration::from_millis(1500),
             punch_every: Duration::from_millis(250),
             redial_after: Duration::from_secs(2),
+            fallback_dial_after: Duration::from_millis(1000),
             max_direct_peers: 16,
             max_peers: 64,
+            links_vouch: false,
         }
     }
 }
@@ -289,7 +312,14 @@ impl PathPlanner {
             .peers
             .iter()
             .filter(|(_, p)| {
-                now.saturating_sub(p.heard_at) >= PRESENCE_TIMEOUT
+                // A peer we hold a live direct link with is present while
+                // the link is: its keep-alives prove it, and it closes the
+                // link when it leaves. Gossip can stall between two nodes
+                // for longer than the presence timeout (the mesh swapping a
+                // relay circuit for a direct connection), and the link
+                // must not go with it.
+                (now.saturating_sub(p.heard_at) >= PRESENCE_TIMEOUT
+                    && !(self.config.links_vouch && matches!(p.link, Link::Connected(_))))
                     || !matches!(channel, Some((room, ch))
                         if p.presence.room == room && p.presence.channel == Some(ch))
             })
@@ -320,19 +350,22 @@ impl PathPlanner {
                 continue;
             }
             match p.link {
-                Link::Idle { since } if dials => {
+                Link::Idle { since } => {
                     let first = since == p.first_heard;
-                    if direct < self.config.max_direct_peers
+                    // The larger side dials too once the smaller side's
+                    // dial has had its chance.
+                    let may_dial = dials
+                        || now.saturating_sub(p.first_heard) >= self.config.fallback_dial_after;
+                    if may_dial
+                        && direct < self.config.max_direct_peers
                         && (first || now.saturating_sub(since) >= self.config.redial_after)
                     {
                         p.link = Link::Dialing;
                         direct += 1;
                         actions.push(Action::Dial { peer: name, addrs });
-                    }
-                }
-                Link::Idle { .. } => {
-                    if p.last_punch
-                        .is_none_or(|t| now.saturating_sub(t) >= self.config.punch_every)
+                    } else if !dials
+                        && p.last_punch
+                            .is_none_or(|t| now.saturating_sub(t) >= self.config.punch_every)
                     {
                         p.last_punch = Some(now);
                         actions.push(Action::Punch { peer: name, addrs });
@@ -450,6 +483,26 @@ mod tests {
     }
 
     #[test]
+    fn the_larger_side_dials_when_the_smaller_sides_dial_brings_no_link() {
+        let (a_id, b_id, _) = abc();
+        let mut high = PathPlanner::new(b_id, PlannerConfig::default());
+        high.set_channel(Some((ROOM, CH)));
+        high.on_presence(&a_id, presence(Some(CH), 1, false), ms(0));
+        assert!(matches!(&high.poll(ms(0))[..], [Action::Punch { .. }]));
+        assert!(matches!(&high.poll(ms(900))[..], [Action::Punch { .. }]));
+        // 1 s without a link: it dials, and stops punching meanwhile.
+        assert!(matches!(&high.poll(ms(1000))[..], [Action::Dial { peer, .. }] if *peer == a_id));
+        assert!(high.poll(ms(1300)).is_empty());
+        // Its dial failed: punches again, dials again after redial_after.
+        high.on_disconnected(&a_id, ms(2000));
+        assert!(matches!(&high.poll(ms(2100))[..], [Action::Punch { .. }]));
+        assert!(matches!(&high.poll(ms(4000))[..], [Action::Dial { .. }]));
+        // A link (whoever dialled) ends both.
+        high.on_connected(&a_id, "192.168.1.5:4000".parse().unwrap());
+        assert!(high.poll(ms(5000)).is_empty());
+    }
+
+    #[test]
     fn paths_are_classified_by_the_candidate_that_answered() {
         let (a_id, b_id, _) = abc();
         let mut p = PathPlanner::new(a_id, PlannerConfig::default());
@@ -493,7 +546,11 @@ mod tests {
     #[test]
     fn peers_that_leave_or_go_silent_are_forgotten() {
         let (a_id, b_id, c_id) = abc();
-        let mut p = PathPlanner::new(a_id, PlannerConfig::default());
+        let config = PlannerConfig {
+            links_vouch: true,
+            ..PlannerConfig::default()
+        };
+        let mut p = PathPlanner::new(a_id, config);
         p.set_channel(Some((ROOM, CH)));
         p.on_presence(&b_id, presence(Some(CH), 1, false), ms(0));
         p.on_presence(&c_id, presence(Some(CH), 1, false), ms(0));
@@ -503,8 +560,13 @@ mod tests {
         p.on_presence(&c_id, presence(Some(CH), 1, false), ms(150));
         let actions = p.poll(ms(200));
         assert!(actions.contains(&Action::Forget { peer: c_id }));
-        // B goes silent.
+        // B goes silent while linked: the link vouches for it; once the
+        // link is gone, the silence counts.
+        p.on_connected(&b_id, "192.168.1.5:4000".parse().unwrap());
         let actions = p.poll(PRESENCE_TIMEOUT + ms(1));
+        assert!(!actions.contains(&Action::Forget { peer: b_id }));
+        p.on_disconnected(&b_id, PRESENCE_TIMEOUT + ms(2));
+        let actions = p.poll(PRESENCE_TIMEOUT + ms(3));
         assert!(actions.contains(&Action::Forget { peer: b_id }));
         assert_eq!(p.present().count(), 0);
     }

@@ -45,15 +45,24 @@ use crate::frame::{PlainFrame, open_frame, seal_frame};
 use crate::gate::{AdmitRequest, Refusal, RosterSnapshot, admit, admit_user, peer_id_of};
 use crate::keys::{Installed, KeyRng, OwnKey, PeerKeys};
 use crate::pacer::Budget;
-use crate::paths::{Action, Path, PathPlanner};
+use crate::paths::{Action, Path, PathPlanner, dials_first};
 use crate::policy::{SpeakingDetector, bitrate_for_loss, expected_loss_percent};
-use crate::protocol::{KeyShare, SENDER_KEY_LEN, SealedFrame, VoiceSignal, key_share_context};
+use crate::protocol::{
+    ENVELOPE_WIRE_LEN, KeyShare, SENDER_KEY_LEN, SealedFrame, VoiceSignal, key_share_context,
+};
 
 /// Most key shares held for nodes not admitted yet.
 const MAX_PENDING_SHARES: usize = 16;
 
 /// How long such a share is held.
 const PENDING_SHARE_TTL: Duration = Duration::from_secs(5);
+
+/// Envelopes of a key share that fit in one signal of `max_len` bytes:
+/// what the share costs besides them (version, room, channel, key id,
+/// generation, the ephemeral key, lengths) is under 128 bytes.
+fn envelopes_per_signal(max_len: usize) -> usize {
+    (max_len.saturating_sub(128) / ENVELOPE_WIRE_LEN).max(1)
+}
 
 /// Where a datagram came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -79,6 +88,33 @@ pub enum Transmit {
         /// Where to.
         to: SocketAddr,
     },
+}
+
+/// What became of a datagram handed to [`VoiceSession::handle_datagram`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Received {
+    /// It opened: a [`Event::Voice`] for this user follows.
+    Opened(UserId),
+    /// A plaintext (version 1) frame: only sealed frames are taken.
+    Plaintext,
+    /// Not a sealed frame.
+    Malformed,
+    /// From no link or relay we hold, or with routing indexes that do not
+    /// belong to it.
+    NoLink,
+    /// The relay names a speaker it never announced.
+    UnknownSpeaker,
+    /// The sender may not speak in the channel.
+    Forbidden,
+    /// No key with that key id for the sender.
+    NoKey,
+    /// The tag did not verify.
+    BadTag,
+    /// Seen before, or older than the replay window.
+    Replay,
+    /// The session has ended.
+    Ended,
 }
 
 /// Why the session closes a link.
@@ -117,6 +153,8 @@ pub enum Ignored {
     StaleKey,
     /// A welcome from a peer we were not dialling.
     NotDialing,
+    /// A second link with a peer: the one the smaller PeerId dialled stays.
+    AlreadyLinked,
 }
 
 /// What the driver should do or know.
@@ -226,6 +264,10 @@ pub enum LinkRefused {
     /// A welcome from a peer we were not dialling.
     #[error("voice link refused: we were not dialling that peer")]
     NotDialing,
+    /// A link with the peer is up already, and this connection is not the
+    /// one both ends keep (the smaller PeerId's dial is).
+    #[error("voice link refused: a link with this node is up already")]
+    AlreadyLinked,
     /// The session has ended.
     #[error("voice link refused: this node has left the channel")]
     Ended,
@@ -257,6 +299,9 @@ pub struct SessionStats {
     pub frames_not_allowed: u64,
     /// Frames opened and handed to the audio engine.
     pub frames_received: u64,
+    /// Dropped: a plaintext (version 1) frame; only sealed frames are
+    /// taken, on direct links and from the relay.
+    pub dropped_plaintext: u64,
     /// Dropped: not a sealed frame.
     pub dropped_malformed: u64,
     /// Dropped: from no link or relay we hold, or with routing indexes that
@@ -312,6 +357,8 @@ enum RelayState {
     Joined {
         speaker: u16,
         speakers: BTreeMap<u16, UserId>,
+        /// Since when no participant needed the relay, if none does now.
+        unneeded_since: Option<Duration>,
     },
 }
 
@@ -896,6 +943,15 @@ impl VoiceSession {
                 return Err(r.into());
             }
         };
+        // One link per pair: where both sides dialled, the connection the
+        // smaller PeerId dialled is the one both keep. A hello from the
+        // larger side while a link is up is refused; one from the smaller
+        // side replaces the link (the driver closes the old connection).
+        let canonical = dials_first(&from, &self.me);
+        if self.links.contains_key(&from) && !canonical {
+            self.ignore(from, Ignored::AlreadyLinked);
+            return Err(LinkRefused::AlreadyLinked);
+        }
         let known = self
             .participants
             .get(&from)
@@ -919,12 +975,16 @@ impl VoiceSession {
                 return Err(LinkRefused::Full);
             }
         }
+        // Our own dial to a larger peer goes on (its connection is the one
+        // to keep if it comes up); one to a smaller peer is moot now.
+        if canonical {
+            self.dialing.remove(&from);
+        }
         self.link_up(from, hello.binding.user, remote);
         Ok(())
     }
 
     fn link_up(&mut self, peer: PeerId, user: UserId, remote: SocketAddr) {
-        self.dialing.remove(&peer);
         self.planner.on_connected(&peer, remote);
         self.links.insert(peer, VoiceLink { user });
     }
@@ -954,8 +1014,18 @@ impl VoiceSession {
             return Err(LinkRefused::Ended);
         }
         if !self.dialing.contains_key(&from) {
-            self.ignore(from, Ignored::NotDialing);
-            return Err(LinkRefused::NotDialing);
+            // Our dial was called off because the smaller side's
+            // connection came up: that one is the pair's link.
+            let reason = if self.links.contains_key(&from) {
+                Ignored::AlreadyLinked
+            } else {
+                Ignored::NotDialing
+            };
+            self.ignore(from, reason);
+            return Err(match reason {
+                Ignored::AlreadyLinked => LinkRefused::AlreadyLinked,
+                _ => LinkRefused::NotDialing,
+            });
         }
         let Some(user) = self.participants.get(&from).map(|p| p.binding.user) else {
             self.ignore(from, Ignored::NotDialing);
@@ -964,6 +1034,12 @@ impl VoiceSession {
         if let Err(r) = admit_user(&user, &self.roster) {
             self.remove_peer(from, CloseReason::Refused(r));
             return Err(r.into());
+        }
+        self.dialing.remove(&from);
+        if self.links.contains_key(&from) && !dials_first(&self.me, &from) {
+            // The smaller side's connection is up already; ours goes.
+            self.ignore(from, Ignored::AlreadyLinked);
+            return Err(LinkRefused::AlreadyLinked);
         }
         if !is_private(welcome.observed.ip()) && self.reflexive.is_none() {
             self.reflexive = Some(welcome.observed);
@@ -975,7 +1051,8 @@ impl VoiceSession {
 
     /// A dial to `peer` failed (no candidate answered, TLS failed, refused).
     pub fn handle_dial_failed(&mut self, peer: PeerId, now: Duration) {
-        if self.dialing.remove(&peer).is_some() {
+        // A link the other side dialled may be up meanwhile: it stays.
+        if self.dialing.remove(&peer).is_some() && !self.links.contains_key(&peer) {
             self.planner.on_disconnected(&peer, now);
         }
         self.flush(now);
@@ -1004,6 +1081,7 @@ impl VoiceSession {
         self.relay = RelayState::Joined {
             speaker,
             speakers: table,
+            unneeded_since: None,
         };
         self.audit_relay();
         // Peers that cannot reach us directly should join too.
@@ -1096,35 +1174,54 @@ impl VoiceSession {
         }
     }
 
-    /// A datagram from a link or the relay.
-    pub fn handle_datagram(&mut self, source: Source, bytes: &[u8], now: Duration) {
+    /// A datagram from a link or the relay. Says what became of it (the
+    /// same is counted in [`SessionStats`]), so that a driver can keep
+    /// per-link counters.
+    pub fn handle_datagram(&mut self, source: Source, bytes: &[u8], now: Duration) -> Received {
+        let outcome = self.take_datagram(source, bytes, now);
+        let counter = match outcome {
+            Received::Opened(_) => &mut self.stats.frames_received,
+            Received::Plaintext => &mut self.stats.dropped_plaintext,
+            Received::Malformed => &mut self.stats.dropped_malformed,
+            Received::NoLink => &mut self.stats.dropped_no_link,
+            Received::UnknownSpeaker => &mut self.stats.dropped_unknown_speaker,
+            Received::Forbidden => &mut self.stats.dropped_forbidden,
+            Received::NoKey => &mut self.stats.dropped_no_key,
+            Received::BadTag => &mut self.stats.dropped_bad_tag,
+            Received::Replay => &mut self.stats.dropped_replay,
+            Received::Ended => return outcome,
+        };
+        *counter += 1;
+        outcome
+    }
+
+    fn take_datagram(&mut self, source: Source, bytes: &[u8], now: Duration) -> Received {
         if self.ended {
-            return;
+            return Received::Ended;
         }
-        let Ok(frame) = SealedFrame::parse(bytes) else {
-            self.stats.dropped_malformed += 1;
-            return;
+        let frame = match SealedFrame::parse(bytes) {
+            Ok(f) => f,
+            Err(_) if bytes.first() == Some(&tincan_media::protocol::VERSION) => {
+                return Received::Plaintext;
+            }
+            Err(_) => return Received::Malformed,
         };
         let (user, senders): (UserId, Vec<PeerId>) = match source {
             Source::Peer(peer) => {
                 let Some(link) = self.links.get(&peer) else {
-                    self.stats.dropped_no_link += 1;
-                    return;
+                    return Received::NoLink;
                 };
                 if frame.header.speaker != 0 || frame.header.channel != 0 {
-                    self.stats.dropped_no_link += 1;
-                    return;
+                    return Received::NoLink;
                 }
                 (link.user, vec![peer])
             }
             Source::Relay => {
                 let RelayState::Joined { speakers, .. } = &self.relay else {
-                    self.stats.dropped_no_link += 1;
-                    return;
+                    return Received::NoLink;
                 };
                 let Some(user) = speakers.get(&frame.header.speaker).copied() else {
-                    self.stats.dropped_unknown_speaker += 1;
-                    return;
+                    return Received::UnknownSpeaker;
                 };
                 let senders = self
                     .participants
@@ -1136,8 +1233,7 @@ impl VoiceSession {
             }
         };
         if !self.roster.entry(&user).may_speak || admit_user(&user, &self.roster).is_err() {
-            self.stats.dropped_forbidden += 1;
-            return;
+            return Received::Forbidden;
         }
         let mut outcome = None;
         for peer in senders {
@@ -1162,12 +1258,11 @@ impl VoiceSession {
             }
         }
         match outcome {
-            None => self.stats.dropped_no_key += 1,
-            Some(Err(None)) => self.stats.dropped_replay += 1,
+            None => Received::NoKey,
+            Some(Err(None)) => Received::Replay,
             // A bad tag, or (from a key holder) a bad plaintext.
-            Some(Err(Some(_))) => self.stats.dropped_bad_tag += 1,
+            Some(Err(Some(_))) => Received::BadTag,
             Some(Ok(opened)) => {
-                self.stats.frames_received += 1;
                 let end_of_spurt = opened.end_of_spurt();
                 self.push_event(Event::Voice {
                     user,
@@ -1180,6 +1275,7 @@ impl VoiceSession {
                     end_of_spurt,
                     arrived_at: now,
                 });
+                Received::Opened(user)
             }
         }
     }
@@ -1319,20 +1415,25 @@ impl VoiceSession {
         let node = self.binding.node;
         let (key_id, generation) = (self.own_key.key_id(), self.own_key.generation());
         let context = key_share_context(&self.room, &self.channel, &node, key_id, generation);
-        let ephemeral = self.rng.next_key();
-        let Ok(envelopes) = seal_to_with(&ephemeral, &recipients, self.own_key.secret(), &context)
-        else {
-            return;
-        };
-        let share = VoiceSignal::KeyShare(KeyShare {
-            room: self.room,
-            channel: self.channel,
-            key_id,
-            generation,
-            envelopes,
-        });
-        if self.publish(&share) {
-            self.stats.key_shares_published += 1;
+        // One signal holds as many envelopes as fit in what the mesh
+        // carries; a larger channel gets the key in several signals, each
+        // sealed with an ephemeral key of its own.
+        for chunk in recipients.chunks(envelopes_per_signal(self.config.max_signal_len)) {
+            let ephemeral = self.rng.next_key();
+            let Ok(envelopes) = seal_to_with(&ephemeral, chunk, self.own_key.secret(), &context)
+            else {
+                continue;
+            };
+            let share = VoiceSignal::KeyShare(KeyShare {
+                room: self.room,
+                channel: self.channel,
+                key_id,
+                generation,
+                envelopes,
+            });
+            if self.publish(&share) {
+                self.stats.key_shares_published += 1;
+            }
         }
     }
 
@@ -1397,6 +1498,12 @@ impl VoiceSession {
             .collect();
         for peer in timed_out {
             self.dialing.remove(&peer);
+            if self.links.contains_key(&peer) {
+                // The other side's dial brought the link; the driver drops
+                // whatever our dial brings later (a welcome we no longer
+                // wait for is refused).
+                continue;
+            }
             self.planner.on_disconnected(&peer, now);
             self.push_event(Event::Close {
                 peer,
@@ -1452,16 +1559,30 @@ impl VoiceSession {
                 Action::Forget { peer } => self.remove_peer(peer, CloseReason::TimedOut),
             }
         }
-        match self.relay {
+        let needs_relay = self.planner.needs_relay(now);
+        let linger = self.config.relay_linger;
+        match &mut self.relay {
             RelayState::Joining { since }
-                if now.saturating_sub(since) >= self.config.relay_join_timeout =>
+                if now.saturating_sub(*since) >= self.config.relay_join_timeout =>
             {
                 self.relay = RelayState::Off;
             }
-            RelayState::Off if self.config.relay_available && self.planner.needs_relay(now) => {
+            RelayState::Off if self.config.relay_available && needs_relay => {
                 self.relay = RelayState::Joining { since: now };
                 let hello = self.hello();
                 self.push_event(Event::JoinRelay { hello });
+            }
+            RelayState::Joined { unneeded_since, .. } => {
+                if needs_relay {
+                    *unneeded_since = None;
+                } else if now.saturating_sub(*unneeded_since.get_or_insert(now)) >= linger {
+                    // Everyone has a direct link: one upload per link is
+                    // all they need, and the relay no longer carries us.
+                    self.relay = RelayState::Off;
+                    self.loss.remove(&Source::Relay);
+                    self.push_event(Event::LeaveRelay);
+                    self.answer_pending = true;
+                }
             }
             _ => {}
         }

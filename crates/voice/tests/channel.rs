@@ -109,6 +109,126 @@ fn five_percent_bursty_loss_is_heard_through() {
     assert!(worst > 0.6, "worst correlation {worst:.3}");
 }
 
+/// The pair's member with the smaller PeerId (the one that dials first),
+/// then the other.
+fn by_peer_id(c: &Channel) -> (usize, usize) {
+    if tincan_voice::paths::dials_first(&c.members[0].peer, &c.members[1].peer) {
+        (0, 1)
+    } else {
+        (1, 0)
+    }
+}
+
+#[test]
+fn the_larger_side_dials_when_the_smaller_cannot_reach_it_and_the_pair_talks_direct() {
+    // A public node with the smaller PeerId and a node behind a symmetric
+    // NAT: nothing the smaller sends gets to the larger unless the larger
+    // sent first (the harness opens the way back on a dial).
+    let mut c = Channel::new(41, 2, clean(), SessionConfig::default());
+    let (small, large) = by_peer_id(&c);
+    let (sa, la) = (c.members[small].addr, c.members[large].addr);
+    c.net.block(sa, la);
+    c.speak_all(ms(2500));
+    c.run_until(ms(12_000));
+    let worst = report(&c, "one-way NAT");
+    assert!(
+        c.members[large]
+            .dials
+            .iter()
+            .any(|(_, p)| *p == c.members[small].peer),
+        "the larger side never dialled"
+    );
+    for m in &c.members {
+        assert_eq!(
+            m.session.links().count(),
+            1,
+            "{} has no direct link",
+            m.name
+        );
+        // It may have used the relay while the smaller side's dial failed,
+        // but leaves it once the direct link carries everything.
+        assert!(!m.session.is_relayed(), "{} is still on the relay", m.name);
+    }
+    assert!(c.linked(small, large) && c.linked(large, small));
+    assert!(worst > 0.8, "worst correlation {worst:.3}");
+}
+
+#[test]
+fn when_both_dials_succeed_the_pair_keeps_one_link_the_smaller_sides() {
+    let mut c = Channel::new(43, 2, clean(), SessionConfig::default());
+    let (small, large) = by_peer_id(&c);
+    let (sa, la) = (c.members[small].addr, c.members[large].addr);
+    // The smaller side's handshakes crawl: its dial answers only after the
+    // larger side's fallback dial went out, and both come up.
+    c.control.set_link(
+        sa,
+        la,
+        LinkConfig {
+            latency: ms(1300),
+            ..LinkConfig::default()
+        },
+    );
+    c.speak_all(ms(3000));
+    c.run_until(ms(12_000));
+    let worst = report(&c, "both dial");
+    assert!(
+        c.members[large]
+            .dials
+            .iter()
+            .any(|(_, p)| *p == c.members[small].peer)
+            && c.members[small]
+                .dials
+                .iter()
+                .any(|(_, p)| *p == c.members[large].peer),
+        "both sides must have dialled for this test to mean anything"
+    );
+    for m in &c.members {
+        assert_eq!(m.session.links().count(), 1, "{}", m.name);
+    }
+    let refused: u64 = c
+        .members
+        .iter()
+        .map(|m| {
+            m.session
+                .stats()
+                .ignored
+                .get(&tincan_voice::session::Ignored::AlreadyLinked)
+                .copied()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(
+        refused >= 1,
+        "the second connection was never refused: {:#?}",
+        &c.trace[..c.trace.len().min(40)]
+    );
+    assert!(c.linked(small, large) && c.linked(large, small));
+    assert!(worst > 0.8, "worst correlation {worst:.3}");
+}
+
+#[test]
+fn a_plaintext_frame_on_a_link_is_dropped_and_counted() {
+    let mut c = Channel::new(45, 2, clean(), SessionConfig::default());
+    c.run_until(ms(3000));
+    assert!(c.linked(0, 1));
+    let from = c.members[1].peer;
+    let plain = tincan_media::VoiceDatagram {
+        sequence: 1,
+        timestamp: 480,
+        payload: vec![0x55; 40],
+        ..tincan_media::VoiceDatagram::default()
+    }
+    .encode()
+    .expect("a small frame");
+    let now = c.now();
+    let got = c.members[0]
+        .session
+        .handle_datagram(tincan_voice::Source::Peer(from), &plain, now);
+    assert_eq!(got, tincan_voice::session::Received::Plaintext);
+    assert_eq!(c.members[0].session.stats().dropped_plaintext, 1);
+    assert_eq!(c.members[0].session.stats().frames_received, 0);
+}
+
 #[test]
 fn with_direct_paths_blocked_the_channel_falls_back_on_the_relay() {
     let mut c = Channel::new(31, 3, clean(), SessionConfig::default());

@@ -202,6 +202,9 @@ pub struct Channel {
     pub relay_speakers: BTreeMap<ConnId, (u16, UserId, SocketAddr)>,
     /// Direct links as the driver holds them: (holder, peer).
     pub links: BTreeSet<(usize, PeerId)>,
+    /// Which member dialled the connection each link runs on: where both
+    /// sides dialled, closing one connection must not close the other.
+    pub link_dialler: BTreeMap<(usize, PeerId), usize>,
     pub next_audio: Duration,
     pub trace: Vec<String>,
     /// Every punch packet sent: when, from whom, to where.
@@ -285,6 +288,7 @@ impl Channel {
             relay_conns: BTreeMap::new(),
             relay_speakers: BTreeMap::new(),
             links: BTreeSet::new(),
+            link_dialler: BTreeMap::new(),
             next_audio: Duration::ZERO,
             trace: Vec::new(),
             punches: Vec::new(),
@@ -456,6 +460,9 @@ impl Channel {
                         && self.net.is_open(from, **a)
                 });
                 if let Some(to) = target.copied() {
+                    // A NAT keeps a mapping for what goes out: the way back
+                    // from the dialled address is open from now on.
+                    self.net.unblock(to, from);
                     let me = self.members[i].peer;
                     self.send_control(from, to, Wire::Hello { from: me, hello });
                 }
@@ -464,10 +471,14 @@ impl Channel {
                 self.log(format!("{name} closes {peer}: {reason:?}"));
                 self.members[i].closes.push((now, peer));
                 self.links.remove(&(i, peer));
-                // The other end learns it with the connection's close.
+                let conn = self.link_dialler.remove(&(i, peer));
+                // The other end learns it with the connection's close, if
+                // its link runs on that connection.
                 if let Some(j) = self.index_of(&peer) {
                     let me = self.members[i].peer;
-                    if self.links.remove(&(j, me)) {
+                    if conn.is_some() && self.link_dialler.get(&(j, me)) == conn.as_ref() {
+                        self.link_dialler.remove(&(j, me));
+                        self.links.remove(&(j, me));
                         self.members[j].session.handle_link_closed(me, now);
                     }
                 }
@@ -564,6 +575,9 @@ impl Channel {
                 let name = self.members[j].name.clone();
                 if matches!(answer, Answer::Welcome(_)) {
                     self.links.insert((j, p));
+                    if let Some(k) = self.index_of(&p) {
+                        self.link_dialler.insert((j, p), k);
+                    }
                     self.log(format!("{name} welcomes {p}"));
                 } else {
                     self.log(format!("{name} refuses {p}: {answer:?}"));
@@ -579,13 +593,18 @@ impl Channel {
                     match outcome {
                         Ok(()) => {
                             self.links.insert((j, p));
+                            self.link_dialler.insert((j, p), j);
                             self.log(format!("{name} link up with {p}"));
                         }
                         Err(e) => {
                             self.log(format!("{name} drops the welcome of {p}: {e}"));
+                            // Our connection closes; the peer's link goes
+                            // with it if it runs on that connection.
                             if let Some(k) = self.index_of(&p)
-                                && self.links.remove(&(k, me))
+                                && self.link_dialler.get(&(k, me)) == Some(&j)
                             {
+                                self.link_dialler.remove(&(k, me));
+                                self.links.remove(&(k, me));
                                 self.members[k].session.handle_link_closed(me, now);
                             }
                         }
