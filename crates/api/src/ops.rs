@@ -554,7 +554,7 @@ impl ApiState {
                             r.id
                         )));
                     }
-                    self.write(make::join(key, hlc, r.id).map_err(sign_error)?)
+                    self.write(key, make::join(key, hlc, r.id).map_err(sign_error)?)
                         .await?;
                     let now = store.membership(&r.id, &s.user)?;
                     if !now.is_member() {
