@@ -739,7 +739,8 @@ struct Wire {
 
 impl Wire {
     fn of(store: &Store, room: &RoomId, me: &PeerId) -> Wire {
-        match store.locator(room).ok().flatten() {
+        let sealed = store.seals(room).unwrap_or(false);
+        match store.locator(room).ok().flatten().filter(|_| sealed) {
             Some(secret) => {
                 let id = secret.id();
                 Wire {
@@ -790,16 +791,11 @@ impl Holds {
     }
 }
 
-/// Whether this store's copy of `room` is sealed: it holds the room's
-/// locator, or knows the room as invite-only. Such a room is served only
-/// under [`Scope::Sealed`].
+/// Whether this store's copy of `room` is sealed: the room is invite-only,
+/// or unknown here but found through a locator ([`Store::seals`]). Such a
+/// room is served only under [`Scope::Sealed`].
 fn sealed_here(store: &Store, room: &RoomId) -> Result<bool, tincan_store::StorageError> {
-    if store.locator(room)?.is_some() {
-        return Ok(true);
-    }
-    Ok(store
-        .room(room)?
-        .is_some_and(|v| v.room.settings.join_policy == tincan_core::JoinPolicy::Invite))
+    store.seals(room)
 }
 
 /// What `scope` holds for `requester` (`None`: our own listing), or

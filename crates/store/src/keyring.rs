@@ -165,8 +165,10 @@ impl Store {
     }
 
     /// Whether records of `room` are sealed when written now: the room is
-    /// invite-only, or unknown here but found through a locator.
-    fn seals(&self, room: &RoomId) -> Result<bool, StorageError> {
+    /// invite-only, or unknown here but found through a locator. The mesh
+    /// uses the same rule to decide whether a room lives under its sealed
+    /// names (an unlocked owner holds a locator for open rooms too).
+    pub fn seals(&self, room: &RoomId) -> Result<bool, StorageError> {
         match self.room(room)? {
             Some(view) => Ok(view.room.settings.join_policy == JoinPolicy::Invite),
             None => Ok(self.held(room)?.locator.is_some()),
