@@ -616,7 +616,12 @@ impl Mesh {
             .filter(|a| a.len() <= tincan_core::invite::MAX_VIA_BYTES)
             .take(tincan_core::invite::MAX_VIA)
             .collect();
-        Ok(tincan_core::invite::Invite { room, locator, via })
+        Ok(tincan_core::invite::Invite {
+            room,
+            // An open room's owner holds a locator too; its link needs none.
+            locator: locator.filter(|_| invite_only),
+            via,
+        })
     }
 
     /// Accepts an invite: keeps its locator (an invite-only room is found
