@@ -161,24 +161,33 @@ fn a_blocked_node_gets_no_mesh_connection() {
         .is_some(),
         "bob never reached the bootstrap node"
     );
-    // Alice keeps redialling with backoff. The bootstrap node refuses her
-    // once the handshake names her, so she may see a connection for the
-    // instant before it closes (observed in CI), but never one that lasts
-    // from one sample to the next, and never the peers it would have
-    // introduced her to.
+    // Alice keeps redialling (with backoff, and Kademlia's own dials), and
+    // the bootstrap node refuses her once the handshake names her: she may
+    // list it for the instant before each connection closes (seen in CI,
+    // even in consecutive samples), but no protocol ever runs with it (no
+    // identify: her node never learns its agent), and she never finds the
+    // peers it would have introduced her to.
+    let identified = |t: &Tincan| {
+        t.json(&["peers"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["peer_id"] == boot_id.as_str() && !p["agent"].is_null())
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || identified(&bob).then_some(())).is_some(),
+        "bob's node never identified the bootstrap node"
+    );
     let start = Instant::now();
-    let mut previous = false;
     while start.elapsed() < Duration::from_secs(5) {
-        let now = has_peer(&alice, &boot_id);
         assert!(
-            !(now && previous),
-            "the blocked node held a connection to the bootstrap node for 250 ms"
+            !identified(&alice),
+            "the blocked node ran identify with the bootstrap node"
         );
         assert!(
             !has_peer(&alice, &bob_node),
             "the blocked node found bob through the bootstrap node"
         );
-        previous = now;
         std::thread::sleep(Duration::from_millis(250));
     }
 }
