@@ -2,8 +2,7 @@
 //! raw libp2p swarms speaking tincan's protocols with a fresh key. Each test
 //! states the attack and what a node must do about it (issue 14).
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::request_response;
@@ -11,51 +10,13 @@ use libp2p::swarm::SwarmEvent;
 use tincan_core::{Hlc, UserKey, make};
 use tincan_mesh::behaviour::BehaviourEvent;
 use tincan_mesh::protocol::{Bound, Range, RangeMode, SyncItem, SyncRequest, SyncResponse};
-use tincan_mesh::{Mesh, MeshConfig, Multiaddr};
-use tincan_store::{RANK_PROFILE, Store, StoreConfig};
+mod common;
+
+use common::{eventually, node, seed};
+use tincan_mesh::MeshConfig;
+use tincan_store::RANK_PROFILE;
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn seed(n: u32) -> [u8; 32] {
-    *blake3::hash(&n.to_be_bytes()).as_bytes()
-}
-
-struct Node {
-    mesh: Mesh,
-    store: Arc<Store>,
-    addr: Multiaddr,
-}
-
-async fn node(n: u32) -> Node {
-    let store = Arc::new(Store::in_memory(StoreConfig::default()).expect("in-memory store"));
-    let mesh = Mesh::start(MeshConfig::loopback(seed(n)), store.clone())
-        .await
-        .expect("mesh starts");
-    let addrs = tokio::time::timeout(Duration::from_secs(10), mesh.listen_addrs())
-        .await
-        .expect("listens within 10 s")
-        .expect("node running");
-    let addr = addrs[0]
-        .clone()
-        .with(libp2p::multiaddr::Protocol::P2p(mesh.peer_id()));
-    Node { mesh, store, addr }
-}
-
-/// Polls `check` every 20 ms until it holds or `limit` passes.
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
 
 /// A peer claims to hold 10,000 records the node lacks, then answers the
 /// node's fetches of them with 10,000 valid profiles nobody asked for (as
@@ -63,7 +24,7 @@ where
 /// be stored, and the liar's session ends with its score lowered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_nobody_asked_for_are_not_stored() {
-    let honest = node(9_100).await;
+    let honest = node(9_100, None).await;
     let mut flood: Vec<Vec<u8>> = (0..10_000u32)
         .map(|i| {
             let key = UserKey::from_seed(&seed(1_000_000 + i));

@@ -6,7 +6,6 @@
 //! under its locator without the locator secret, and ciphertext only if it
 //! knows the locator's public id.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -19,56 +18,15 @@ use tincan_core::{
 };
 use tincan_mesh::behaviour::BehaviourEvent;
 use tincan_mesh::protocol::{Bound, Range, RangeMode, Scope, SyncRequest, SyncResponse};
-use tincan_mesh::{Mesh, MeshConfig, Multiaddr};
-use tincan_store::{Store, StoreConfig};
+mod common;
+
+use common::{eventually, node, seed};
+use tincan_mesh::MeshConfig;
+use tincan_store::Store;
 
 const LIMIT: Duration = Duration::from_secs(30);
 /// What the owner writes in the room's log: no stranger may see it.
 const SECRET: &str = "the raid starts at nine, bring the password hunter2";
-
-fn seed(n: u32) -> [u8; 32] {
-    *blake3::hash(&n.to_be_bytes()).as_bytes()
-}
-
-struct Node {
-    mesh: Mesh,
-    store: Arc<Store>,
-    addr: Multiaddr,
-}
-
-async fn node(n: u32, user: Option<&UserKey>) -> Node {
-    let store = Arc::new(Store::in_memory(StoreConfig::default()).expect("in-memory store"));
-    if let Some(user) = user {
-        store.unlock_user(user).unwrap();
-    }
-    let mesh = Mesh::start(MeshConfig::loopback(seed(n)), store.clone())
-        .await
-        .expect("mesh starts");
-    let addrs = tokio::time::timeout(Duration::from_secs(10), mesh.listen_addrs())
-        .await
-        .expect("listens within 10 s")
-        .expect("node running");
-    let addr = addrs[0]
-        .clone()
-        .with(libp2p::multiaddr::Protocol::P2p(mesh.peer_id()));
-    Node { mesh, store, addr }
-}
-
-/// Polls `check` every 20 ms until it holds or `limit` passes.
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
 
 fn hlc(n: u64) -> Hlc {
     Hlc::new(tincan_store::clock::wall_ms() - 60_000 + n, 0)

@@ -585,7 +585,7 @@ impl Mesh {
         let store = self.store.clone();
         let (locator, invite_only) = tokio::task::spawn_blocking(move || {
             let locator = store.locator(&room)?;
-            let invite_only = sealed_here(&store, &room)?;
+            let invite_only = store.seals(&room)?;
             Ok::<_, tincan_store::StorageError>((locator, invite_only))
         })
         .await
@@ -796,13 +796,6 @@ impl Holds {
     }
 }
 
-/// Whether this store's copy of `room` is sealed: the room is invite-only,
-/// or unknown here but found through a locator ([`Store::seals`]). Such a
-/// room is served only under [`Scope::Sealed`].
-fn sealed_here(store: &Store, room: &RoomId) -> Result<bool, tincan_store::StorageError> {
-    store.seals(room)
-}
-
 /// What `scope` holds for `requester` (`None`: our own listing), or
 /// `None` when this node serves nothing under it: an invite-only room asked
 /// by its public id, a locator it does not hold, or a proof that does not
@@ -816,7 +809,7 @@ fn resolve_scope(
     match scope {
         Scope::Profiles => Ok(Some(Holds::Profiles)),
         Scope::Room(room) => {
-            if requester.is_some() && sealed_here(store, &room)? {
+            if requester.is_some() && store.seals(&room)? {
                 return Ok(None);
             }
             Ok(Some(Holds::Room(room)))
