@@ -252,6 +252,8 @@ impl Bootstrap {
         mesh_config.relay_limits = config.relay_limits.limits();
         // A server has no LAN of players to find.
         mesh_config.mdns = false;
+        // A server's ports are opened by its operator, not asked of a router.
+        mesh_config.port_mapping = false;
         mesh_config.agent = format!("tincan-bootstrap/{}", env!("CARGO_PKG_VERSION"));
         // It keeps no rooms: profiles it relays live in memory only.
         let store = Arc::new(Store::in_memory(StoreConfig::default())?);

@@ -80,6 +80,9 @@ pub enum Command {
         /// Do not look for peers on the LAN by mDNS
         #[arg(long)]
         no_mdns: bool,
+        /// Do not ask the home router (UPnP) to forward the mesh ports
+        #[arg(long)]
+        no_port_mapping: bool,
         /// A relay to listen through when behind NAT, /.../p2p/<relay id> (repeatable)
         #[arg(long = "relay")]
         relays: Vec<String>,
@@ -533,6 +536,7 @@ pub(crate) fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
             listen,
             bootstrap,
             no_mdns,
+            no_port_mapping,
             relays,
             advertise_listen_addrs,
             external,
@@ -564,6 +568,7 @@ pub(crate) fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
                 listen,
                 bootstrap,
                 mdns: !no_mdns,
+                port_mapping: !no_port_mapping,
                 relays,
                 advertise_listen_addrs,
                 external,

@@ -51,6 +51,8 @@ pub struct UpOptions {
     pub bootstrap: Vec<String>,
     /// Find peers on the LAN by mDNS.
     pub mdns: bool,
+    /// Ask the home router (UPnP-IGD) to forward the mesh ports.
+    pub port_mapping: bool,
     /// Relays to listen through.
     pub relays: Vec<String>,
     /// Announce the listen addresses as reachable.
@@ -93,6 +95,7 @@ fn mesh_config(node: &Node, options: &UpOptions) -> Result<tincan_mesh::MeshConf
     config.external_addrs = multiaddrs("--external", &options.external)?;
     config.advertise_listen_addrs = options.advertise_listen_addrs;
     config.mdns = options.mdns;
+    config.port_mapping = options.port_mapping;
     config.agent = format!("tincan/{}", env!("CARGO_PKG_VERSION"));
     Ok(config)
 }

@@ -239,6 +239,21 @@ impl Home {
 /// the segment. No port forward anywhere. Returns the namespaces (boot, a,
 /// b first) and each host's address.
 pub fn nat_lab(prefix: &str, home_a: Home, home_b: Home) -> (Namespaces, [String; 2]) {
+    nat_lab_on(prefix, home_a, home_b, "10.77.2")
+}
+
+/// [`nat_lab`] with the public segment on `public` (`a.b.c`, a /24; the
+/// bootstrap node at .1, public hosts at .10 and .11, routers at .253 and
+/// .254). A segment outside the private ranges makes the routers look like
+/// real ones on the internet to software that checks (UPnP clients refuse a
+/// router whose external address is private); it exists only inside the
+/// test's namespaces.
+pub fn nat_lab_on(
+    prefix: &str,
+    home_a: Home,
+    home_b: Home,
+    public: &str,
+) -> (Namespaces, [String; 2]) {
     let ns = Namespaces::create(prefix, &["boot", "a", "b", "sw", "rta", "rtb"]);
     let [boot, a, b, sw, rta, rtb] = [0, 1, 2, 3, 4, 5].map(|i| ns.names[i].as_str());
     sh(&["ip", "-n", sw, "link", "add", "br0", "type", "bridge"]);
@@ -252,18 +267,19 @@ pub fn nat_lab(prefix: &str, home_a: Home, home_b: Home) -> (Namespaces, [String
         sh(&["ip", "-n", sw, "link", "set", &p, "up"]);
         addr(host, "eth0", cidr);
     };
-    on_segment(boot, "10.77.2.1/24");
+    on_segment(boot, &format!("{public}.1/24"));
     let mut hosts = [String::new(), String::new()];
+    let at = |host: u8| format!("{public}.{host}");
     for (i, (home, host, rt, public_ip, router_ip, net)) in [
-        (home_a, a, rta, "10.77.2.10", "10.77.2.253", "10.79.0"),
-        (home_b, b, rtb, "10.77.2.11", "10.77.2.254", "10.78.0"),
+        (home_a, a, rta, at(10), at(253), "10.79.0"),
+        (home_b, b, rtb, at(11), at(254), "10.78.0"),
     ]
     .into_iter()
     .enumerate()
     {
         if home == Home::Public {
             on_segment(host, &format!("{public_ip}/24"));
-            hosts[i] = public_ip.to_owned();
+            hosts[i] = public_ip;
             continue;
         }
         on_segment(rt, &format!("{router_ip}/24"));

@@ -17,7 +17,8 @@ pub struct MeshConfig {
     /// libp2p keypair and so the PeerId.
     pub node_key_seed: [u8; 32],
     /// Addresses to listen on, e.g. `/ip4/0.0.0.0/udp/0/quic-v1` and
-    /// `/ip4/0.0.0.0/tcp/0`.
+    /// `/ip4/0.0.0.0/tcp/0`. An IPv6 address the host cannot listen on (no
+    /// IPv6) is skipped with a log line; any other failure stops the start.
     pub listen_addrs: Vec<Multiaddr>,
     /// Bootstrap peers, each with its `/p2p/<peer id>`: dialled at start and
     /// seeded into Kademlia.
@@ -33,6 +34,10 @@ pub struct MeshConfig {
     pub advertise_listen_addrs: bool,
     /// Find peers on the LAN by mDNS.
     pub mdns: bool,
+    /// Ask the home router (UPnP-IGD) to forward the node's listen ports,
+    /// and announce the mapped addresses, so peers outside reach it
+    /// directly instead of through a relay. Off for servers and loopback.
+    pub port_mapping: bool,
     /// Answer Kademlia queries (bootstrap nodes); others stay clients until
     /// AutoNAT confirms a public address.
     pub kademlia_server: bool,
@@ -68,19 +73,23 @@ pub struct MeshConfig {
 
 impl MeshConfig {
     /// Defaults for a player's node with this node key seed, listening on
-    /// QUIC and TCP on every interface, mDNS on.
+    /// QUIC and TCP on every IPv4 and IPv6 interface, mDNS and port mapping
+    /// on.
     pub fn new(node_key_seed: [u8; 32]) -> Self {
         MeshConfig {
             node_key_seed,
             listen_addrs: vec![
                 "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("valid literal"),
                 "/ip4/0.0.0.0/tcp/0".parse().expect("valid literal"),
+                "/ip6/::/udp/0/quic-v1".parse().expect("valid literal"),
+                "/ip6/::/tcp/0".parse().expect("valid literal"),
             ],
             bootstrap_peers: Vec::new(),
             relays: Vec::new(),
             external_addrs: Vec::new(),
             advertise_listen_addrs: false,
             mdns: true,
+            port_mapping: true,
             kademlia_server: false,
             relay_server: false,
             relay_limits: RelayLimits::default(),
@@ -102,6 +111,7 @@ impl MeshConfig {
         MeshConfig {
             listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid literal")],
             mdns: false,
+            port_mapping: false,
             advertise_listen_addrs: true,
             gossip_heartbeat: Duration::from_millis(200),
             ..MeshConfig::new(node_key_seed)
@@ -119,6 +129,7 @@ impl std::fmt::Debug for MeshConfig {
             .field("external_addrs", &self.external_addrs)
             .field("advertise_listen_addrs", &self.advertise_listen_addrs)
             .field("mdns", &self.mdns)
+            .field("port_mapping", &self.port_mapping)
             .field("kademlia_server", &self.kademlia_server)
             .field("relay_server", &self.relay_server)
             .field("sync_interval", &self.sync_interval)

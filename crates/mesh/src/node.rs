@@ -95,6 +95,9 @@ pub struct MeshStats {
     /// Sync answers cut short because the peer or an author ran over its
     /// sync budget (no penalty: the next sync goes on).
     pub sync_over_budget: u64,
+    /// Ports the home router agreed to forward to us (UPnP), counted at
+    /// each new mapping.
+    pub port_mappings: u64,
 }
 
 /// What the node knows of a connected peer.
@@ -327,13 +330,24 @@ impl Mesh {
             })));
         }
         let peer_id = *swarm.local_peer_id();
+        let mut unreported_listeners = HashSet::new();
         for addr in &config.listen_addrs {
-            swarm
-                .listen_on(addr.clone())
-                .map_err(|e| StartError::Listen {
-                    addr: addr.to_string(),
-                    detail: e.to_string(),
-                })?;
+            match swarm.listen_on(addr.clone()) {
+                Ok(id) => {
+                    unreported_listeners.insert(id);
+                }
+                Err(e) => {
+                    if matches!(addr.iter().next(), Some(Protocol::Ip6(_))) {
+                        // Hosts without IPv6 are common: IPv4 still works.
+                        tracing::info!(%addr, "not listening on IPv6 ({e}): this host may have no IPv6; IPv4 is used");
+                        continue;
+                    }
+                    return Err(StartError::Listen {
+                        addr: addr.to_string(),
+                        detail: e.to_string(),
+                    });
+                }
+            }
         }
         let profiles = profiles_topic();
         swarm
@@ -418,6 +432,9 @@ impl Mesh {
             snapshot,
             lan_peers: HashSet::new(),
             nearby: Vec::new(),
+            portmap: None,
+            mapped: HashMap::new(),
+            unreported_listeners,
         };
         tokio::spawn(writer(
             store.clone(),
@@ -425,7 +442,15 @@ impl Mesh {
             internal_tx,
             driver.limits.max_apply_batch,
         ));
-        let task = tokio::spawn(driver.run(command_rx, internal_rx));
+        let mut driver = driver;
+        let portmap_events = if driver.config.port_mapping {
+            let (mapper, events) = tincan_portmap::PortMapper::spawn(Default::default());
+            driver.portmap = Some(mapper);
+            Some(events)
+        } else {
+            None
+        };
+        let task = tokio::spawn(driver.run(command_rx, internal_rx, portmap_events));
         Ok(Mesh {
             peer_id,
             store,
@@ -709,9 +734,16 @@ pub(crate) fn routable_from(addr: &Multiaddr, ours: &[std::net::IpAddr]) -> bool
         // DNS names and the like: let the dial decide.
         return true;
     };
+    if let IpAddr::V6(v6) = ip {
+        // Every host has fe80::/64 and it means nothing without the
+        // interface it is on, which a multiaddr does not carry.
+        if v6.is_unicast_link_local() {
+            return false;
+        }
+    }
     let private = match ip {
         IpAddr::V4(v4) => v4.is_private() || v4.is_link_local(),
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00 || v6.is_unicast_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
     };
     if !private {
         return true;
@@ -721,6 +753,56 @@ pub(crate) fn routable_from(addr: &Multiaddr, ours: &[std::net::IpAddr]) -> bool
         (IpAddr::V6(a), IpAddr::V6(b)) => a.segments()[..4] == b.segments()[..4],
         _ => false,
     })
+}
+
+/// The port a listen address would need forwarded on a home router: a
+/// QUIC or TCP port on a private IPv4 address (loopback, public and IPv6
+/// addresses need no IPv4 mapping).
+fn mappable(addr: &Multiaddr) -> Option<tincan_portmap::Want> {
+    use tincan_portmap::{Transport, Want};
+    let mut parts = addr.iter();
+    let Some(Protocol::Ip4(ip)) = parts.next() else {
+        return None;
+    };
+    if !ip.is_private() {
+        return None;
+    }
+    match (parts.next(), parts.next()) {
+        (Some(Protocol::Udp(port)), Some(Protocol::QuicV1)) => Some(Want {
+            transport: Transport::Udp,
+            port,
+        }),
+        (Some(Protocol::Tcp(port)), None) => Some(Want {
+            transport: Transport::Tcp,
+            port,
+        }),
+        _ => None,
+    }
+}
+
+/// The address peers dial for a port the router forwards.
+fn mapped_multiaddr(want: tincan_portmap::Want, external: std::net::SocketAddr) -> Multiaddr {
+    let ip = match external.ip() {
+        std::net::IpAddr::V4(v4) => Protocol::Ip4(v4),
+        std::net::IpAddr::V6(v6) => Protocol::Ip6(v6),
+    };
+    let addr = Multiaddr::empty().with(ip);
+    match want.transport {
+        tincan_portmap::Transport::Udp => addr
+            .with(Protocol::Udp(external.port()))
+            .with(Protocol::QuicV1),
+        tincan_portmap::Transport::Tcp => addr.with(Protocol::Tcp(external.port())),
+    }
+}
+
+/// The port mapper's next event; never, when there is no mapper.
+async fn next_mapping(
+    events: &mut Option<mpsc::Receiver<tincan_portmap::Event>>,
+) -> Option<tincan_portmap::Event> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn room_key(room: &RoomId) -> kad::RecordKey {
@@ -944,6 +1026,14 @@ struct Driver {
     lan_peers: HashSet<PeerId>,
     /// Directory queries in flight.
     nearby: Vec<NearbyQuery>,
+    /// Asks the home router to forward our listen ports (None: off).
+    portmap: Option<tincan_portmap::PortMapper>,
+    /// The address announced for each forwarded port.
+    mapped: HashMap<tincan_portmap::Want, Multiaddr>,
+    /// Configured listeners that have not reported an address yet: who
+    /// asks for the listen addresses waits for all of them, so IPv4 and
+    /// IPv6, QUIC and TCP are all in the answer.
+    unreported_listeners: HashSet<ListenerId>,
     /// libp2p's own metrics, fed every swarm and behaviour event.
     libp2p_metrics: libp2p::metrics::Metrics,
     /// What the `tincan_mesh_*` metrics read at each scrape, refreshed at
@@ -1017,6 +1107,11 @@ impl Snapshot {
                 "Sync answers cut short by the per-peer or per-author sync budget",
                 s.sync_over_budget,
             ),
+            Sample::counter(
+                "tincan_mesh_port_mappings",
+                "Ports the home router agreed to forward to this node (UPnP)",
+                s.port_mappings,
+            ),
             Sample::gauge(
                 "tincan_mesh_peers",
                 "Connected peers by path",
@@ -1080,6 +1175,7 @@ impl Driver {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut internal: mpsc::Receiver<Internal>,
+        mut portmap: Option<mpsc::Receiver<tincan_portmap::Event>>,
     ) {
         let mut periodic =
             tokio::time::interval(self.config.sync_interval.max(Duration::from_millis(100)));
@@ -1098,6 +1194,7 @@ impl Driver {
                     Some(c) => self.on_command(c),
                 },
                 Some(msg) = internal.recv() => self.on_internal(msg),
+                Some(event) = next_mapping(&mut portmap) => self.on_port_mapping(event),
                 _ = periodic.tick() => self.periodic_sync(),
                 _ = lonely.tick() => self.look_up_lonely_rooms(),
                 _ = reach_tick.tick() => self.drive_reach(),
@@ -1196,10 +1293,12 @@ impl Driver {
                 let _ = reply.send(out);
             }
             Command::ListenAddrs { reply } => {
-                let addrs: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+                let mut addrs: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+                // IPv4 first: most peers dial it, and people copy the first.
+                addrs.sort_by_key(|a| matches!(a.iter().next(), Some(Protocol::Ip6(_))));
                 let none_asked =
                     self.config.listen_addrs.is_empty() && self.config.relays.is_empty();
-                if addrs.is_empty() && !none_asked {
+                if (addrs.is_empty() || !self.unreported_listeners.is_empty()) && !none_asked {
                     if self.addr_waiters.len() < self.limits.command_queue {
                         self.addr_waiters.push(reply);
                     }
@@ -1406,6 +1505,45 @@ impl Driver {
     }
 
     /// Announces every followed room in the DHT.
+    /// A port mapping came or went: announce or withdraw the address, and
+    /// announce the rooms again so provider records carry it.
+    fn on_port_mapping(&mut self, event: tincan_portmap::Event) {
+        match event {
+            tincan_portmap::Event::Mapped { want, external } => {
+                let addr = mapped_multiaddr(want, external);
+                tracing::info!(%addr, "reachable from outside through a port the router forwards (UPnP)");
+                if let Some(old) = self.mapped.insert(want, addr.clone()) {
+                    self.swarm.remove_external_address(&old);
+                }
+                self.swarm.add_external_address(addr);
+                self.stats.port_mappings += 1;
+                self.announce_rooms();
+            }
+            tincan_portmap::Event::Lost { want, external } => {
+                tracing::info!(%external, "the router no longer forwards a port to us");
+                if let Some(old) = self.mapped.remove(&want) {
+                    self.swarm.remove_external_address(&old);
+                }
+            }
+            tincan_portmap::Event::Unavailable(why) => {
+                tracing::debug!("no port mapping: {why}");
+            }
+        }
+    }
+
+    /// Answers who waits for the listen addresses, once every configured
+    /// listener has reported (or closed), IPv4 first.
+    fn answer_addr_waiters(&mut self) {
+        if !self.unreported_listeners.is_empty() {
+            return;
+        }
+        let mut addrs: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+        addrs.sort_by_key(|a| matches!(a.iter().next(), Some(Protocol::Ip6(_))));
+        for w in self.addr_waiters.drain(..) {
+            let _ = w.send(addrs.clone());
+        }
+    }
+
     fn announce_rooms(&mut self) {
         let rooms: Vec<RoomId> = self.rooms.keys().copied().collect();
         for room in rooms {
@@ -1492,6 +1630,9 @@ impl Driver {
                 if self.config.advertise_listen_addrs && !is_circuit(&address) {
                     self.swarm.add_external_address(address.clone());
                 }
+                if let (Some(mapper), Some(want)) = (&self.portmap, mappable(&address)) {
+                    mapper.want(want);
+                }
                 if is_circuit(&address) {
                     // A relay reservation: behind a NAT this may be the only
                     // way in. Announce it, and announce the followed rooms
@@ -1500,10 +1641,8 @@ impl Driver {
                     self.swarm.add_external_address(address.clone());
                     self.announce_rooms();
                 }
-                let addrs: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
-                for w in self.addr_waiters.drain(..) {
-                    let _ = w.send(addrs.clone());
-                }
+                self.unreported_listeners.remove(&listener_id);
+                self.answer_addr_waiters();
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -1598,6 +1737,9 @@ impl Driver {
                 reason,
                 addresses,
             } => {
+                if self.unreported_listeners.remove(&listener_id) {
+                    self.answer_addr_waiters();
+                }
                 for a in &addresses {
                     self.swarm.remove_external_address(a);
                 }
