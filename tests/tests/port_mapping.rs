@@ -42,7 +42,7 @@ fn skip() -> bool {
 /// /24) with the nftables chains it fills (its defaults: table `inet
 /// filter`, chains `miniupnpd`, `prerouting_miniupnpd`,
 /// `postrouting_miniupnpd`), as a home router runs it.
-fn upnp_router(rt: &str, home_net: &str, dir: &std::path::Path) -> Kill {
+fn upnp_router(rt: &str, home_net: &str, dir: &std::path::Path, protocol: Mapping) -> Kill {
     let rules = dir.join("miniupnpd.nft");
     std::fs::write(
         &rules,
@@ -61,10 +61,20 @@ fn upnp_router(rt: &str, home_net: &str, dir: &std::path::Path) -> Kill {
     std::fs::write(
         &conf,
         format!(
-            "ext_ifname=eth0\nlistening_ip=eth1\nhttp_port=0\nenable_upnp=yes\n\
-             enable_natpmp=no\nsecure_mode=yes\nsystem_uptime=yes\n\
+            "ext_ifname=eth0\nlistening_ip=eth1\nhttp_port=0\nenable_upnp={}\n\
+             enable_natpmp={}\nsecure_mode=yes\nsystem_uptime=yes\n\
              uuid=3a1f6c1e-2b7d-4c55-9a63-5d0c1f2e7b10\n\
-             allow 1024-65535 {home_net}.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n"
+             allow 1024-65535 {home_net}.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
+            if protocol == Mapping::Upnp {
+                "yes"
+            } else {
+                "no"
+            },
+            if protocol == Mapping::Pcp {
+                "yes"
+            } else {
+                "no"
+            },
         ),
     )
     .unwrap();
@@ -80,16 +90,37 @@ fn upnp_router(rt: &str, home_net: &str, dir: &std::path::Path) -> Kill {
     Kill(child)
 }
 
+/// What bob's router speaks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mapping {
+    /// UPnP-IGD (SSDP and SOAP).
+    Upnp,
+    /// PCP and NAT-PMP (miniupnpd's `enable_natpmp` serves both).
+    Pcp,
+}
+
 #[test]
 fn a_player_behind_a_upnp_router_is_reached_directly_with_the_readme_flags() {
     if skip() {
         return;
     }
-    let prefix = format!("tu{}", std::process::id() % 10_000);
+    reached_directly("u", Mapping::Upnp);
+}
+
+#[test]
+fn a_player_behind_a_pcp_or_nat_pmp_router_is_reached_directly_with_the_readme_flags() {
+    if skip() {
+        return;
+    }
+    reached_directly("p", Mapping::Pcp);
+}
+
+fn reached_directly(tag: &str, protocol: Mapping) {
+    let prefix = format!("t{tag}{}", std::process::id() % 10_000);
     let (ns, _) = nat_lab_on(&prefix, Home::Symmetric, Home::Symmetric, "11.77.2");
     let [boot_ns, ns_a, ns_b, rtb] = [0, 1, 2, 5].map(|i| ns.names[i].as_str());
     let dir = tempfile::tempdir().unwrap();
-    let _upnp = upnp_router(rtb, "10.78.0", dir.path());
+    let _router = upnp_router(rtb, "10.78.0", dir.path(), protocol);
     let (_boot, boot_addr, voice_relay) = start_bootstrap(dir.path(), boot_ns, "11.77.2.1");
     let alice = Tincan::new(&dir.path().join("alice"), "pw-a");
     let bob = Tincan::new(&dir.path().join("bob"), "pw-b");
@@ -117,7 +148,7 @@ fn a_player_behind_a_upnp_router_is_reached_directly_with_the_readme_flags() {
     let _b = RunningNode::start_in(&bob, Some(ns_b), &b_args);
     let in_a = |args: &[&str]| run_json(&alice, ns_a, args);
     let in_b = |args: &[&str]| run_json(&bob, ns_b, args);
-    let room = in_a(&["room", "create", "upnp"])["id"]
+    let room = in_a(&["room", "create", tag])["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -145,8 +176,20 @@ fn a_player_behind_a_upnp_router_is_reached_directly_with_the_readme_flags() {
     });
     let direct_after = started.elapsed();
     let Some(peer) = path else {
+        let rules = std::process::Command::new("ip")
+            .args(["netns", "exec", rtb, "nft", "list", "ruleset"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if let Some(secs) = std::env::var("TINCAN_HOLD_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            // To look at the lab while investigating.
+            std::thread::sleep(Duration::from_secs(secs));
+        }
         panic!(
-            "alice never reached bob directly within {LIMIT:?} (room at bob after {room_after:?}); alice's peers: {}",
+            "alice never reached bob directly within {LIMIT:?} (room at bob after {room_after:?}); alice's peers: {}\nbob's router's rules:\n{rules}",
             in_a(&["peers"])
         );
     };
@@ -154,7 +197,7 @@ fn a_player_behind_a_upnp_router_is_reached_directly_with_the_readme_flags() {
     // only the mapping opens (bob's router drops anything unsolicited).
     let addr = peer["address"].as_str().unwrap_or_default().to_owned();
     println!(
-        "FIGURE port_mapping symmetric x symmetric+UPnP: room at bob {:.1} s after start, alice direct to bob at {:.1} s via {addr}",
+        "FIGURE port_mapping symmetric x symmetric+{protocol:?}: room at bob {:.1} s after start, alice direct to bob at {:.1} s via {addr}",
         room_after.as_secs_f64(),
         direct_after.as_secs_f64()
     );

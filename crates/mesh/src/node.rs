@@ -755,6 +755,21 @@ pub(crate) fn routable_from(addr: &Multiaddr, ours: &[std::net::IpAddr]) -> bool
     })
 }
 
+/// A QUIC address on a public IP (not private, loopback, link-local,
+/// shared or unspecified): somewhere any host can dial.
+fn is_public_quic(addr: &Multiaddr) -> bool {
+    let mut parts = addr.iter();
+    let ip = match parts.next() {
+        Some(Protocol::Ip4(ip)) => std::net::IpAddr::V4(ip),
+        Some(Protocol::Ip6(ip)) => std::net::IpAddr::V6(ip),
+        _ => return false,
+    };
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(Protocol::Udp(_)), Some(Protocol::QuicV1))
+    ) && tincan_portmap::lease::is_usable_external(ip)
+}
+
 /// The port a listen address would need forwarded on a home router: a
 /// QUIC or TCP port on a private IPv4 address (loopback, public and IPv6
 /// addresses need no IPv4 mapping).
@@ -1109,7 +1124,7 @@ impl Snapshot {
             ),
             Sample::counter(
                 "tincan_mesh_port_mappings",
-                "Ports the home router agreed to forward to this node (UPnP)",
+                "Ports the home router agreed to forward to this node (UPnP, PCP or NAT-PMP)",
                 s.port_mappings,
             ),
             Sample::gauge(
@@ -1511,7 +1526,7 @@ impl Driver {
         match event {
             tincan_portmap::Event::Mapped { want, external } => {
                 let addr = mapped_multiaddr(want, external);
-                tracing::info!(%addr, "reachable from outside through a port the router forwards (UPnP)");
+                tracing::info!(%addr, "reachable from outside through a port the router forwards (UPnP, PCP or NAT-PMP)");
                 if let Some(old) = self.mapped.insert(want, addr.clone()) {
                     self.swarm.remove_external_address(&old);
                 }
@@ -1528,6 +1543,40 @@ impl Driver {
             tincan_portmap::Event::Unavailable(why) => {
                 tracing::debug!("no port mapping: {why}");
             }
+        }
+    }
+
+    /// A peer we reach only through a relay that announces a public QUIC
+    /// address (a port its router forwards, or a public host) is dialled
+    /// there at once, as an ordinary dial. DCUtR alone does not get there:
+    /// its synchronised dials act as both ends of a simultaneous open, and a
+    /// forwarded port hands our packets to the peer's listening socket
+    /// instead, so neither side plays the dialer and the upgrade times out.
+    /// QUIC only, so that no second TCP dial races DCUtR's on the same port.
+    fn dial_public_quic_of_relayed(&mut self, peer: PeerId, announced: &[Multiaddr]) {
+        let only_relayed = self
+            .peers
+            .get(&peer)
+            .is_some_and(|p| !p.connections.is_empty() && p.connections.values().all(|c| c.1));
+        if !only_relayed {
+            return;
+        }
+        let public: Vec<Multiaddr> = announced
+            .iter()
+            .filter(|a| !is_circuit(a) && is_public_quic(a))
+            .take(MAX_PEER_LISTEN_ADDRS)
+            .cloned()
+            .collect();
+        if public.is_empty() {
+            return;
+        }
+        tracing::debug!(%peer, ?public, "dialling a relayed peer at its public QUIC addresses");
+        let opts = DialOpts::peer_id(peer)
+            .addresses(public)
+            .condition(PeerCondition::Always)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, "direct dial not started: {e}");
         }
     }
 
@@ -2026,6 +2075,7 @@ impl Driver {
                         }
                     }
                 }
+                self.dial_public_quic_of_relayed(peer_id, &info.listen_addrs);
                 let first = match self.peers.get_mut(&peer_id) {
                     Some(p) => {
                         p.agent = Some(info.agent_version.clone());

@@ -1,5 +1,6 @@
 //! Port mapping on home routers, so that a node behind a NAT that offers
-//! UPnP-IGD is reachable directly instead of through a relay.
+//! UPnP-IGD, PCP or NAT-PMP is reachable directly instead of through a
+//! relay.
 //!
 //! [`lease::Leases`] decides (sans-IO, time passed in): search for the
 //! router, refuse one whose external address is itself private (another
@@ -7,9 +8,9 @@
 //! each wanted port (the same external port first, any other if that one is
 //! taken), renew at half the lease, withdraw an address whose renewal
 //! failed, search again after repeated failures, remove everything at
-//! shutdown. [`driver::PortMapper`] carries that out over igd-next on tokio.
-//!
-//! NAT-PMP and PCP are not spoken yet.
+//! shutdown. [`driver::PortMapper`] carries that out on tokio: UPnP-IGD
+//! (igd-next) when a router answers SSDP, else PCP with a NAT-PMP fallback
+//! (crab_nat) on the default gateway (read from /proc/net/route: Linux).
 
 pub mod driver;
 pub mod lease;
