@@ -98,6 +98,8 @@ pub enum BuildError {
 
 pub(crate) struct Inner {
     pub(crate) store: Arc<Store>,
+    /// Every write goes through it: one durable commit for many.
+    pub(crate) writer: tincan_store::GroupWriter,
     pub(crate) mesh: Option<tincan_mesh::Mesh>,
     pub(crate) accounts: accounts::Accounts,
     pub(crate) clock: Arc<StoreClock>,
@@ -132,6 +134,7 @@ pub struct ApiStateBuilder<'a> {
     identity: &'a Identity,
     mesh: Option<tincan_mesh::Mesh>,
     clock: Option<Arc<StoreClock>>,
+    writer: Option<tincan_store::GroupWriter>,
     voice: Option<Arc<dyn VoiceControl>>,
     config: ApiConfig,
 }
@@ -147,6 +150,14 @@ impl<'a> ApiStateBuilder<'a> {
     /// through the API and the CLI order after each other.
     pub fn clock(mut self, clock: Arc<StoreClock>) -> Self {
         self.clock = Some(clock);
+        self
+    }
+
+    /// Shares the node's group-commit writer (`Node::writer`), so writes
+    /// through the API and the CLI share durable commits; without one the
+    /// API starts its own on the store.
+    pub fn writer(mut self, writer: tincan_store::GroupWriter) -> Self {
+        self.writer = Some(writer);
         self
     }
 
@@ -171,8 +182,12 @@ impl<'a> ApiStateBuilder<'a> {
             self.config.limits.clone(),
         )
         .map_err(BuildError::Accounts)?;
+        let writer = self
+            .writer
+            .unwrap_or_else(|| tincan_store::GroupWriter::new(self.store.clone()));
         Ok(ApiState {
             inner: Arc::new(Inner {
+                writer,
                 store: self.store,
                 mesh: self.mesh,
                 accounts,
@@ -199,6 +214,7 @@ impl ApiState {
             identity,
             mesh: None,
             clock: None,
+            writer: None,
             voice: None,
             config: ApiConfig::default(),
         }

@@ -18,8 +18,27 @@ use crate::error::{ApiResult, ParseError, code};
 use crate::model::{self, Class};
 use crate::query::{FindOptions, project};
 
-/// Most log entries one query scans.
+/// Most log entries a RoomLog query that the indexes cannot answer scans
+/// (one over every room, or with a `where` on other fields); past it the
+/// query is refused with what to ask instead, never cut short silently.
 const MAX_LOG_SCAN: usize = 100_000;
+
+/// The objectId an exact equality on a pointer field asks for: a pointer
+/// of `class`, or `{"$eq": pointer}` alone. Anything else (another
+/// operator beside it, another class, a plain string, which the matcher
+/// does not take for a pointer) is not one.
+fn exact_id(cond: &Value, class: &str) -> Option<String> {
+    match cond {
+        Value::Object(o) if o.get("__type").and_then(Value::as_str) == Some("Pointer") => {
+            if o.get("className").and_then(Value::as_str) != Some(class) {
+                return None;
+            }
+            o.get("objectId").and_then(Value::as_str).map(str::to_owned)
+        }
+        Value::Object(o) if o.len() == 1 => exact_id(o.get("$eq")?, class),
+        _ => None,
+    }
+}
 
 fn rule_error(e: RuleError) -> ParseError {
     match e {
@@ -114,18 +133,15 @@ impl ApiState {
     ) -> ApiResult<(Applied, tincan_core::RecordId)> {
         let store = self.inner.store.clone();
         let author = UserKey::from_seed(&author.seed());
-        let prepared = tokio::task::spawn_blocking(move || {
-            let record = store.prepare_signed(&author, record)?;
-            let applied = store.apply(record.clone());
-            Ok::<_, tincan_store::WriteError>((record, applied))
-        })
-        .await
-        .map_err(ParseError::internal)?;
-        let (record, applied) = match prepared {
+        let prepared = tokio::task::spawn_blocking(move || store.prepare_signed(&author, record))
+            .await
+            .map_err(ParseError::internal)?;
+        let record = match prepared {
             Ok(p) => p,
             Err(e) => return Err(write_error(e)),
         };
-        let applied = match applied {
+        // Durable when it answers; shares its commit with concurrent writes.
+        let applied = match self.inner.writer.apply(record.clone()).await {
             Ok(a) => a,
             Err(ApplyError::Rejected(e)) => return Err(rule_error(e)),
             Err(ApplyError::Decode(e)) => return Err(ParseError::internal(e)),
@@ -343,7 +359,7 @@ impl ApiState {
             }
             Class::RoomLog => {
                 let mut scanned = 0usize;
-                'rooms: for r in rooms_to_scan("room")? {
+                for r in rooms_to_scan("room")? {
                     if !model::can_read_room(store, &r, user)? {
                         continue;
                     }
@@ -355,8 +371,10 @@ impl ApiState {
                             out.push(model::log_json(e, &acl));
                         }
                         scanned += page.entries.len();
-                        if scanned >= MAX_LOG_SCAN {
-                            break 'rooms;
+                        if scanned > MAX_LOG_SCAN {
+                            return Err(ParseError::invalid_query(format!(
+                                "this RoomLog query would scan more than {MAX_LOG_SCAN} entries: ask for one room (where room is a pointer), optionally one user (where user is a pointer), ordered by createdAt, updatedAt or timestamp, which the indexes answer at any size; nothing was cut short"
+                            )));
                         }
                         match page.next {
                             Some(n) if !page.entries.is_empty() => after = Some(n),
@@ -404,6 +422,68 @@ impl ApiState {
         Ok(())
     }
 
+    /// A RoomLog query that the log's indexes answer, if `opts` is one:
+    /// one room, at most one user (exact pointer equalities), ordered by
+    /// time (`createdAt`, `updatedAt`, `timestamp`, ascending or not) or
+    /// not at all. Its cost is the page plus `skip` index keys; the count
+    /// comes from counters the write path keeps. None: not such a query.
+    fn indexed_log_find(
+        &self,
+        opts: &FindOptions,
+        viewer: &UserId,
+    ) -> ApiResult<Option<(Vec<Value>, usize)>> {
+        let fields = opts.filter.fields();
+        if fields.keys().any(|k| k != "room" && k != "user") {
+            return Ok(None);
+        }
+        let Some(room) = fields.get("room").and_then(|c| exact_id(c, "Room")) else {
+            return Ok(None);
+        };
+        let by_user = match fields.get("user") {
+            None => None,
+            Some(c) => match exact_id(c, "_User") {
+                Some(u) => Some(u),
+                None => return Ok(None),
+            },
+        };
+        let order = match opts.order.as_slice() {
+            [] => tincan_store::LogOrder::OldestFirst,
+            [k] => match k.as_str() {
+                "createdAt" | "updatedAt" | "timestamp" => tincan_store::LogOrder::OldestFirst,
+                "-createdAt" | "-updatedAt" | "-timestamp" => tincan_store::LogOrder::NewestFirst,
+                _ => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        let store = &self.inner.store;
+        let nothing = Ok(Some((Vec::new(), 0)));
+        let Ok(room) = RoomId::from_hex(&room) else {
+            return nothing;
+        };
+        let by_user = match by_user.map(|u| UserId::from_hex(&u)) {
+            None => None,
+            Some(Ok(u)) => Some(u),
+            Some(Err(_)) => return nothing,
+        };
+        let Some(r) = store.room(&room)? else {
+            return nothing;
+        };
+        if !model::can_read_room(store, &r, viewer)? {
+            return nothing;
+        }
+        let acl = Acl::contents(store, &r, false)?.to_json();
+        let entries = store.log_query(&tincan_store::LogQuery {
+            room,
+            user: by_user,
+            order,
+            skip: opts.skip,
+            limit: opts.limit,
+        })?;
+        let total = store.log_count(&room, by_user.as_ref())?;
+        let page = entries.iter().map(|e| model::log_json(e, &acl)).collect();
+        Ok(Some((page, usize::try_from(total).unwrap_or(usize::MAX))))
+    }
+
     /// A query: the page and the total count of matches.
     pub(crate) fn find(
         &self,
@@ -411,8 +491,14 @@ impl ApiState {
         opts: &FindOptions,
         user: &UserId,
     ) -> ApiResult<(Vec<Value>, usize)> {
-        let candidates = self.candidates(class, opts, user)?;
-        let (mut page, total) = opts.run(candidates);
+        let indexed = match class {
+            Class::RoomLog => self.indexed_log_find(opts, user)?,
+            _ => None,
+        };
+        let (mut page, total) = match indexed {
+            Some(found) => found,
+            None => opts.run(self.candidates(class, opts, user)?),
+        };
         for o in &mut page {
             self.include(o, &opts.include, user)?;
             if let Some(keys) = &opts.keys {

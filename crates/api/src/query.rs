@@ -220,6 +220,69 @@ fn order(a: &Value, b: &Value) -> Option<Ordering> {
     }
 }
 
+/// Where a value's type sorts among the others: Parse's order of mixed
+/// types (MongoDB's: null and missing, numbers, strings, objects,
+/// arrays, booleans, dates).
+fn type_rank(v: Option<&Value>) -> u8 {
+    match v {
+        None | Some(Value::Null) => 0,
+        Some(v) => match comparable(v) {
+            Some(Key::Null) => 0,
+            Some(Key::Number(_)) => 1,
+            Some(Key::Text(_)) => 2,
+            Some(Key::Pointer(..)) => 3,
+            Some(Key::Bool(_)) => 5,
+            Some(Key::Date(_)) => 6,
+            None => match v {
+                Value::Array(_) => 4,
+                // Any other object.
+                _ => 3,
+            },
+        },
+    }
+}
+
+/// A total order over every value a field can hold (missing included),
+/// for `order`: values of one type compare as that type does, types
+/// compare by [`type_rank`], and what has no natural order (plain
+/// objects) compares by its JSON text. Total, so no sort can panic on
+/// what a client stored.
+fn sort_order(a: Option<&Value>, b: Option<&Value>) -> Ordering {
+    let (ra, rb) = (type_rank(a), type_rank(b));
+    if ra != rb {
+        return ra.cmp(&rb);
+    }
+    let (Some(a), Some(b)) = (a, b) else {
+        return Ordering::Equal;
+    };
+    match (comparable(a), comparable(b)) {
+        (Some(Key::Number(x)), Some(Key::Number(y))) => x.total_cmp(&y),
+        (Some(Key::Text(x)), Some(Key::Text(y))) => x.cmp(&y),
+        (Some(Key::Date(x)), Some(Key::Date(y))) => x.cmp(&y),
+        (Some(Key::Bool(x)), Some(Key::Bool(y))) => x.cmp(&y),
+        (Some(Key::Pointer(c1, i1)), Some(Key::Pointer(c2, i2))) => (c1, i1).cmp(&(c2, i2)),
+        (Some(Key::Null), Some(Key::Null)) => Ordering::Equal,
+        // Pointers sort before other objects of the same rank.
+        (Some(Key::Pointer(..)), None) => Ordering::Less,
+        (None, Some(Key::Pointer(..))) => Ordering::Greater,
+        (None, None) => match (a, b) {
+            // Arrays element by element, a prefix first.
+            (Value::Array(x), Value::Array(y)) => {
+                for (p, q) in x.iter().zip(y) {
+                    let o = sort_order(Some(p), Some(q));
+                    if o != Ordering::Equal {
+                        return o;
+                    }
+                }
+                x.len().cmp(&y.len())
+            }
+            _ => a.to_string().cmp(&b.to_string()),
+        },
+        // Same rank means same kind of key; kept total all the same.
+        _ => a.to_string().cmp(&b.to_string()),
+    }
+}
+
 /// Equality that also matches an element of an array field, as Parse does.
 fn field_equals(field: Option<&Value>, want: &Value) -> bool {
     match field {
@@ -380,12 +443,7 @@ impl FindOptions {
                         Some(f) => (f, true),
                         None => (key.as_str(), false),
                     };
-                    let ord = match (a.get(field), b.get(field)) {
-                        (Some(x), Some(y)) => order(x, y).unwrap_or(Ordering::Equal),
-                        (None, Some(_)) => Ordering::Less,
-                        (Some(_), None) => Ordering::Greater,
-                        (None, None) => Ordering::Equal,
-                    };
+                    let ord = sort_order(a.get(field), b.get(field));
                     let ord = if desc { ord.reverse() } else { ord };
                     if ord != Ordering::Equal {
                         return ord;
@@ -476,6 +534,68 @@ mod tests {
             assert_eq!(Where::parse(Some(&bad)).unwrap_err().code, 102, "{bad}");
         }
         assert_eq!(Where::parse(Some(&json!("{nope"))).unwrap_err().code, 107);
+    }
+
+    /// Every pair of values of mixed types compares consistently: the
+    /// order is total (antisymmetric and transitive), so `sort_by` cannot
+    /// panic and the result does not depend on the input's order.
+    #[test]
+    fn sort_order_is_total_over_mixed_types() {
+        let values: Vec<Option<Value>> = vec![
+            None,
+            Some(json!(null)),
+            Some(json!(3)),
+            Some(json!(-1.5)),
+            Some(json!(10)),
+            Some(json!("b")),
+            Some(json!("a")),
+            Some(json!("2024-01-02T03:04:05.006Z")),
+            Some(json!({"__type": "Date", "iso": "2023-01-02T03:04:05.006Z"})),
+            Some(json!({"__type": "Pointer", "className": "Room", "objectId": "r1"})),
+            Some(json!({"x": 1})),
+            Some(json!({"__type": "Date"})),
+            Some(json!([1, "a"])),
+            Some(json!([1])),
+            Some(json!([])),
+            Some(json!(true)),
+            Some(json!(false)),
+        ];
+        for a in &values {
+            for b in &values {
+                let ab = sort_order(a.as_ref(), b.as_ref());
+                assert_eq!(
+                    ab,
+                    sort_order(b.as_ref(), a.as_ref()).reverse(),
+                    "{a:?} {b:?}"
+                );
+                for c in &values {
+                    let bc = sort_order(b.as_ref(), c.as_ref());
+                    if ab != Ordering::Greater && bc != Ordering::Greater {
+                        assert_ne!(
+                            sort_order(a.as_ref(), c.as_ref()),
+                            Ordering::Greater,
+                            "{a:?} <= {b:?} <= {c:?}"
+                        );
+                    }
+                }
+            }
+        }
+        // Parse's order of types, ascending.
+        let objs: Vec<Value> = [
+            json!({"v": true}),
+            json!({"v": "x"}),
+            json!({}),
+            json!({"v": 2}),
+            json!({"v": {"__type": "Date", "iso": "2023-01-02T03:04:05.006Z"}}),
+            json!({"v": null}),
+        ]
+        .into_iter()
+        .collect();
+        let mut params = Map::new();
+        params.insert("order".into(), json!("v"));
+        let (page, _) = FindOptions::from_params(&params).unwrap().run(objs);
+        let kinds: Vec<u8> = page.iter().map(|o| type_rank(o.get("v"))).collect();
+        assert_eq!(kinds, vec![0, 0, 1, 2, 5, 6]);
     }
 
     #[test]

@@ -516,7 +516,17 @@ impl Mesh {
     /// what matters: if no peer hears it now, catch-up sync hands it over
     /// later, so a failure here is only logged.
     pub async fn gossip_own(&self, record: SignedRecord) {
-        match self.publish(record).await {
+        // Applied once, by the writer that stored it: only gossip here.
+        let room = record.record().room();
+        let bytes = record.to_bytes();
+        let sent = match self
+            .ask(|reply| Command::PublishRecord { room, bytes, reply })
+            .await
+        {
+            Ok(r) => r.map_err(PublishError::Gossip),
+            Err(e) => Err(e.into()),
+        };
+        match sent {
             Ok(true) => {}
             Ok(false) => tracing::debug!("no peer in the room right now; sync will deliver it"),
             Err(e) => tracing::warn!(error = %e, "could not gossip a record; sync will deliver it"),

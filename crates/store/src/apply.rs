@@ -42,9 +42,9 @@ use crate::query::{
 use crate::sync::{RANK_SEALED, RANK_SEALED_OWNER};
 use crate::{
     COUNTS, CUTOFFS, Change, ChangeKind, ENTITIES, GRANTED, GRANTS, JOIN_REQUESTS,
-    JOIN_REQUESTS_BY_AGE, LOCATORS, LOG_AUTHORS, LOGS, MEMBERS, META, OPENED, OWNED, PENDING,
-    PENDING_BY_WAIT, PENDING_IDS, PENDING_ORDER, RECORDS, ROOM_KEYS, SCHEMA, SEALED_IN_ROOM,
-    StoreConfig, UNOPENED, USER_ROOMS,
+    JOIN_REQUESTS_BY_AGE, LOCATORS, LOG_AUTHORS, LOG_USERS, LOGS, MEMBERS, META, OPENED, OWNED,
+    PENDING, PENDING_BY_WAIT, PENDING_IDS, PENDING_ORDER, RECORDS, ROOM_KEYS, SCHEMA,
+    SEALED_IN_ROOM, StoreConfig, UNOPENED, USER_ROOMS,
 };
 
 /// What applying a record did.
@@ -161,6 +161,7 @@ pub(crate) struct Tables<'txn, 'a> {
     granted: Table<'txn, &'static [u8], ()>,
     cutoffs: Table<'txn, &'static [u8], u64>,
     log_authors: Table<'txn, &'static [u8], ()>,
+    log_users: Table<'txn, &'static [u8], ()>,
     owned: Table<'txn, &'static [u8], ()>,
     join_requests: Table<'txn, &'static [u8], &'static [u8]>,
     join_requests_by_age: Table<'txn, &'static [u8], ()>,
@@ -210,6 +211,7 @@ impl<'txn, 'a> Tables<'txn, 'a> {
             granted: txn.open_table(GRANTED)?,
             cutoffs: txn.open_table(CUTOFFS)?,
             log_authors: txn.open_table(LOG_AUTHORS)?,
+            log_users: txn.open_table(LOG_USERS)?,
             owned: txn.open_table(OWNED)?,
             join_requests: txn.open_table(JOIN_REQUESTS)?,
             join_requests_by_age: txn.open_table(JOIN_REQUESTS_BY_AGE)?,
@@ -695,6 +697,7 @@ impl<'txn, 'a> Tables<'txn, 'a> {
         }
         self.logs
             .insert(keys::log(&info.id, hlc, &id).as_slice(), ())?;
+        self.index_log(&info.id, &author, hlc, &id, 1)?;
         // The by-author index serves rejudging and removals, neither of
         // which ever concerns the owner: the owner's entries (the bulk of
         // many rooms' logs) skip it.
@@ -765,6 +768,7 @@ impl<'txn, 'a> Tables<'txn, 'a> {
         }
         for (hlc, id) in failing {
             self.logs.remove(keys::log(&info.id, hlc, &id).as_slice())?;
+            self.index_log(&info.id, user, hlc, &id, -1)?;
             self.log_authors
                 .remove(keys::by_user(&info.id, user, hlc, &id).as_slice())?;
             let record = self.load_wire(&id)?;
@@ -1407,7 +1411,59 @@ impl<'txn, 'a> Tables<'txn, 'a> {
         Ok(())
     }
 
+    /// Keeps the by-user log index and the log counts in step with `logs`:
+    /// `delta` 1 for an entry stored, -1 for one taken out.
+    fn index_log(
+        &mut self,
+        room: &RoomId,
+        user: &UserId,
+        hlc: Hlc,
+        id: &RecordId,
+        delta: i64,
+    ) -> Result<(), StorageError> {
+        let k = keys::by_user(room, user, hlc, id);
+        if delta > 0 {
+            self.log_users.insert(k.as_slice(), ())?;
+        } else {
+            self.log_users.remove(k.as_slice())?;
+        }
+        self.add_count(&keys::count_log(room, None), delta)?;
+        self.add_count(&keys::count_log(room, Some(user)), delta)
+    }
+
     // ---- Bookkeeping outside apply ---------------------------------------
+
+    /// Builds the by-user log index and the log counts of a store made
+    /// before them, from `logs` (once, when it is first opened).
+    pub(crate) fn build_log_index(&mut self) -> Result<(), StorageError> {
+        let mut entries = Vec::new();
+        for row in self.logs.iter()? {
+            let (k, _) = row?;
+            let k = k.value();
+            let room = keys::room_id(k).ok_or_else(|| damaged("log"))?;
+            let hlc = keys::hlc(k.get(16..).unwrap_or_default()).ok_or_else(|| damaged("log"))?;
+            let id =
+                keys::record_id(k.get(24..).unwrap_or_default()).ok_or_else(|| damaged("log"))?;
+            entries.push((room, hlc, id));
+        }
+        for (room, hlc, id) in entries {
+            let author = self.load_wire(&id)?.record().author;
+            if self
+                .log_users
+                .get(keys::by_user(&room, &author, hlc, &id).as_slice())?
+                .is_none()
+            {
+                self.index_log(&room, &author, hlc, &id, 1)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets a bookkeeping value in `meta`.
+    pub(crate) fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        self.meta.insert(key, value)?;
+        Ok(())
+    }
 
     /// Brings a store of schema 1 (before sealed rooms) up to date: builds
     /// the indexes that did not exist, then applies the bounds as if every

@@ -41,6 +41,42 @@ pub enum DataDirError {
     /// An identity exists already.
     #[error("an identity already exists in {0}: use it, or choose another --data-dir")]
     IdentityExists(PathBuf),
+    /// The identity is there but its store is not: opening would make a
+    /// new empty store and hide that the rooms and records are gone.
+    #[error(
+        "{store} is missing beside the identity {identity}; nothing was changed: restore store.redb from a backup, or pass --new-store to start an empty store for this identity (the rooms you are in sync again from peers)"
+    )]
+    MissingStore {
+        /// The store's file that is not there.
+        store: PathBuf,
+        /// The identity that is.
+        identity: PathBuf,
+    },
+    /// A store is there without its identity: a new identity beside it
+    /// would sign with a key the store's records do not know.
+    #[error(
+        "{identity} is missing beside the store {store}; nothing was changed: restore identity.json from a backup, or import the identity this store belongs to with `tincan id import FILE` (from a `tincan id export`); to start over as a new user, move store.redb aside first"
+    )]
+    StoreWithoutIdentity {
+        /// The store that is there.
+        store: PathBuf,
+        /// The identity's file that is not.
+        identity: PathBuf,
+    },
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::OpenError),
+}
+
+/// Whether a data directory may start a store where none is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewStore {
+    /// Only open the store that is there; a missing one is an error
+    /// ([`DataDirError::MissingStore`]).
+    Refuse,
+    /// Start an empty store if none is there (the user asked for it, with
+    /// `--new-store`, or a new identity is being made).
+    Allow,
 }
 
 /// A node's data directory.
@@ -92,7 +128,14 @@ impl DataDir {
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(DataDirError::NoIdentity(self.root.clone()));
+                return Err(if self.has_store() {
+                    DataDirError::StoreWithoutIdentity {
+                        store: self.store_path(),
+                        identity: path,
+                    }
+                } else {
+                    DataDirError::NoIdentity(self.root.clone())
+                });
             }
             Err(source) => {
                 return Err(DataDirError::Io {
@@ -103,6 +146,54 @@ impl DataDir {
             }
         };
         SealedIdentity::from_json(&text).map_err(|source| DataDirError::Identity { path, source })
+    }
+
+    /// Whether a store file is there (of any size).
+    pub fn has_store(&self) -> bool {
+        self.store_path().exists()
+    }
+
+    /// Opens the store of this directory. Never makes a store beside an
+    /// identity whose store is gone unless `new_store` allows it, and never
+    /// over a 0-byte file ([`crate::OpenError::Empty`]); nothing on disk
+    /// changes when it refuses.
+    pub fn open_store(
+        &self,
+        config: crate::StoreConfig,
+        new_store: NewStore,
+    ) -> Result<crate::Store, DataDirError> {
+        let store = self.store_path();
+        if !store.exists() && new_store == NewStore::Refuse {
+            return Err(if self.has_identity() {
+                DataDirError::MissingStore {
+                    store,
+                    identity: self.identity_path(),
+                }
+            } else {
+                // A store made here now would stand in the way of `tincan
+                // init` (a store without identity).
+                DataDirError::NoIdentity(self.root.clone())
+            });
+        }
+        Ok(crate::Store::open(store, config)?)
+    }
+
+    /// Refuses to make a new identity beside a store that is already
+    /// there (of another identity, or of this one whose identity.json was
+    /// lost): see [`DataDirError::StoreWithoutIdentity`]. Importing an
+    /// identity does not ask this: it is how such a store gets its identity
+    /// back.
+    pub fn check_new_identity(&self) -> Result<(), DataDirError> {
+        if self.has_identity() {
+            return Err(DataDirError::IdentityExists(self.root.clone()));
+        }
+        if self.has_store() {
+            return Err(DataDirError::StoreWithoutIdentity {
+                store: self.store_path(),
+                identity: self.identity_path(),
+            });
+        }
+        Ok(())
     }
 
     /// Writes the sealed identity atomically, replacing any earlier one.
@@ -173,6 +264,72 @@ mod tests {
             node_key: Some(NodeKey::from_seed(&[2; 32])),
         };
         SealedIdentity::seal(&id, pw, KdfParams::INSECURE_FAST).unwrap()
+    }
+
+    /// Every damaged-directory case is refused, names the file and what to
+    /// do, and leaves the directory as it was; on the old code the first
+    /// two made a new empty store and the third a new identity.
+    #[test]
+    fn damaged_directories_are_refused_and_unchanged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dd = DataDir::create(tmp.path().join("d")).unwrap();
+        // A fresh directory: nothing to open without an identity.
+        assert!(matches!(
+            dd.open_store(Default::default(), NewStore::Refuse),
+            Err(DataDirError::NoIdentity(_))
+        ));
+        assert!(!dd.has_store());
+        dd.create_identity(&sealed(b"pw")).unwrap();
+        drop(dd.open_store(Default::default(), NewStore::Allow).unwrap());
+        let good = fs::read(dd.store_path()).unwrap();
+        assert!(!good.is_empty());
+
+        // A 0-byte store: refused even when a new store is allowed.
+        fs::write(dd.store_path(), b"").unwrap();
+        for allow in [NewStore::Refuse, NewStore::Allow] {
+            let e = dd.open_store(Default::default(), allow).unwrap_err();
+            assert!(
+                matches!(e, DataDirError::Store(crate::OpenError::Empty { .. })),
+                "{e}"
+            );
+            let msg = e.to_string();
+            assert!(msg.contains("store.redb is empty (0 bytes)"), "{msg}");
+            assert!(msg.contains("--new-store"), "{msg}");
+            assert_eq!(fs::metadata(dd.store_path()).unwrap().len(), 0);
+        }
+        assert!(matches!(
+            crate::Store::open(dd.store_path(), Default::default()),
+            Err(crate::OpenError::Empty { .. })
+        ));
+
+        // No store beside the identity: refused unless asked for.
+        fs::remove_file(dd.store_path()).unwrap();
+        let e = dd
+            .open_store(Default::default(), NewStore::Refuse)
+            .unwrap_err();
+        assert!(matches!(e, DataDirError::MissingStore { .. }), "{e}");
+        assert!(e.to_string().contains("--new-store"), "{e}");
+        assert!(!dd.has_store());
+        drop(dd.open_store(Default::default(), NewStore::Allow).unwrap());
+        assert!(dd.has_store());
+        fs::write(dd.store_path(), &good).unwrap();
+
+        // No identity beside the store: no new identity, and loading says
+        // how to get it back.
+        fs::remove_file(dd.identity_path()).unwrap();
+        let e = dd.check_new_identity().unwrap_err();
+        assert!(
+            matches!(e, DataDirError::StoreWithoutIdentity { .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("tincan id import"), "{e}");
+        let e = dd.load_identity().unwrap_err();
+        assert!(
+            matches!(e, DataDirError::StoreWithoutIdentity { .. }),
+            "{e}"
+        );
+        assert!(!dd.has_identity());
+        assert_eq!(fs::read(dd.store_path()).unwrap(), good);
     }
 
     #[test]

@@ -28,6 +28,15 @@ pub enum OpenError {
         /// The schema marker found, if any.
         found: Option<String>,
     },
+    /// The file exists but holds nothing (0 bytes): never made into a new
+    /// store, which would hide that the data is gone.
+    #[error(
+        "{path} is empty (0 bytes): the store it held is lost or was truncated, and it was left untouched; restore it from a backup, or move it aside and start again with `--new-store` (rooms you are in sync again from peers)"
+    )]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
     /// Another process has the store open.
     #[error("{path} is in use by another tincan process: stop it first, or use another --data-dir")]
     InUse {

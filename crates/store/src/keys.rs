@@ -108,6 +108,13 @@ pub(crate) fn count_unopened(room: &RoomId, author: &UserId) -> Vec<u8> {
     cat(&[b"u", &room.0, &author.0])
 }
 pub(crate) const COUNT_PROFILES: &[u8] = b"p";
+/// Log entries of a room, and of one user in it.
+pub(crate) fn count_log(room: &RoomId, user: Option<&UserId>) -> Vec<u8> {
+    match user {
+        None => cat(&[b"l", &room.0]),
+        Some(u) => cat(&[b"lu", &room.0, &u.0]),
+    }
+}
 
 /// room|user|hlc|id: log entries by author, sealed records held unopened by
 /// author, cutoffs by the user they are about.

@@ -35,6 +35,7 @@ mod keys;
 mod proof;
 mod query;
 mod sync;
+mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -50,16 +51,25 @@ pub use apply::{Applied, DropReason};
 pub use error::{ApplyError, OpenError, StorageError, WriteError};
 pub use keys::Waiting;
 pub use proof::ProofError;
-pub use query::{ChannelView, LogCursor, LogEntry, LogPage, MemberView, ProfileView, RoomView};
+pub use query::{
+    ChannelView, LogCursor, LogEntry, LogOrder, LogPage, LogQuery, MemberView, ProfileView,
+    RoomView,
+};
 pub use sync::{
     RANK_CHANNEL, RANK_GRANT, RANK_LOG, RANK_MEMBER, RANK_PROFILE, RANK_ROOM, RANK_ROOM_PROFILE,
     RANK_SEALED, RANK_SEALED_OWNER,
 };
+pub use writer::{GroupWriter, MAX_GROUP, WRITE_QUEUE};
 
 /// Marks a redb file as a tincan store, and its schema version.
 const SCHEMA: &str = "tincan-store/2";
 /// The schema before sealed rooms: opened and brought up to date.
 const SCHEMA_V1: &str = "tincan-store/1";
+/// Marks a store whose log has its by-user index and counts
+/// (`log_users`, `counts`); a store made before them has them built once
+/// when it is opened.
+const LOG_INDEX_KEY: &str = "log_index";
+const LOG_INDEX: &str = "1";
 
 pub(crate) const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 /// id -> wire bytes of every record in force (winners, member history, log,
@@ -98,6 +108,9 @@ pub(crate) const CUTOFFS: TableDefinition<'_, &[u8], u64> = TableDefinition::new
 /// room|author|hlc|id -> (), the log by author (the owner's entries aside:
 /// nothing ever judges them again).
 pub(crate) const LOG_AUTHORS: TableDefinition<'_, &[u8], ()> = TableDefinition::new("log_authors");
+/// room|user|hlc|id -> (), every log entry by its user (the owner's too):
+/// queries by user. Counted in `counts` per room and per (room, user).
+pub(crate) const LOG_USERS: TableDefinition<'_, &[u8], ()> = TableDefinition::new("log_users");
 /// owner|room -> (), rooms held here by owner.
 pub(crate) const OWNED: TableDefinition<'_, &[u8], ()> = TableDefinition::new("owned");
 /// room|user -> hlc|id of the newest own Member record of a user the owner
@@ -220,13 +233,22 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Opens the store at `path`, creating it if the file does not exist.
-    /// A damaged file or another program's database is an error, never reset.
+    /// A damaged file or another program's database is an error, never reset;
+    /// so is an empty (0-byte) file, which redb would silently make a new
+    /// store of (a store truncated by a crash of the file system or a bad
+    /// copy, not one to write over).
     pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Store, OpenError> {
         let path = path.as_ref().to_path_buf();
         let io = |detail: String| OpenError::Io {
             path: path.clone(),
             detail,
         };
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() && m.len() == 0 => return Err(OpenError::Empty { path }),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e.to_string())),
+        }
         // Verify every page's checksum on open: a file damaged outside redb
         // then fails to open with an error, where a plain open may panic
         // later on a bad page. It reads the whole file once (about 0.1 s for
@@ -307,6 +329,18 @@ impl Store {
         if migrate {
             store
                 .write(clock::wall_ms(), |tables, _| tables.migrate_from_v1())
+                .map_err(fail)?;
+        }
+        if read_meta(&store.db, LOG_INDEX_KEY)
+            .map_err(fail)?
+            .as_deref()
+            != Some(LOG_INDEX)
+        {
+            store
+                .write(clock::wall_ms(), |tables, _| {
+                    tables.build_log_index()?;
+                    tables.set_meta(LOG_INDEX_KEY, LOG_INDEX.as_bytes())
+                })
                 .map_err(fail)?;
         }
         Ok(store)
@@ -541,13 +575,17 @@ impl Store {
 }
 
 fn read_schema(db: &Database) -> Result<Option<String>, StorageError> {
+    read_meta(db, "schema")
+}
+
+fn read_meta(db: &Database, key: &str) -> Result<Option<String>, StorageError> {
     let txn = db.begin_read()?;
     let t = match txn.open_table(META) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    Ok(t.get("schema")?
+    Ok(t.get(key)?
         .map(|v| String::from_utf8_lossy(v.value()).into_owned()))
 }
 
@@ -558,7 +596,12 @@ fn has_any_table(db: &Database) -> Result<bool, StorageError> {
 
 fn create_schema(db: &Database) -> Result<(), StorageError> {
     let txn = db.begin_write()?;
-    txn.open_table(META)?.insert("schema", SCHEMA.as_bytes())?;
+    {
+        let mut meta = txn.open_table(META)?;
+        meta.insert("schema", SCHEMA.as_bytes())?;
+        // A new store has no log to index.
+        meta.insert(LOG_INDEX_KEY, LOG_INDEX.as_bytes())?;
+    }
     txn.commit()?;
     create_tables(db)
 }
@@ -586,6 +629,7 @@ fn create_tables(db: &Database) -> Result<(), StorageError> {
             GRANTS,
             GRANTED,
             LOG_AUTHORS,
+            LOG_USERS,
             OWNED,
             JOIN_REQUESTS_BY_AGE,
         ] {

@@ -15,7 +15,9 @@ use tincan_core::{
 
 use crate::error::StorageError;
 use crate::keys;
-use crate::{CUTOFFS, ENTITIES, LOGS, MEMBERS, OPENED, RECORDS, Store, USER_ROOMS};
+use crate::{
+    COUNTS, CUTOFFS, ENTITIES, LOG_USERS, LOGS, MEMBERS, OPENED, RECORDS, Store, USER_ROOMS,
+};
 
 pub(crate) fn decode_stored(bytes: &[u8]) -> Result<SignedRecord, StorageError> {
     SignedRecord::decode_trusted(bytes)
@@ -206,6 +208,33 @@ pub struct LogPage {
     pub entries: Vec<LogEntry>,
     /// Where the next page starts, if there may be more.
     pub next: Option<LogCursor>,
+}
+
+/// Which way a log query walks time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogOrder {
+    /// Oldest first (by HLC, then id).
+    #[default]
+    OldestFirst,
+    /// Newest first.
+    NewestFirst,
+}
+
+/// A query on one room's log through its indexes: by time in the room
+/// (`logs`), or by one user in it (`log_users`). Its cost is the page plus
+/// `skip` index keys (no record is read for what is skipped).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogQuery {
+    /// The room.
+    pub room: RoomId,
+    /// Only this user's entries.
+    pub user: Option<UserId>,
+    /// Which way.
+    pub order: LogOrder,
+    /// Entries to skip first.
+    pub skip: usize,
+    /// Most entries returned.
+    pub limit: usize,
 }
 
 fn entity_winner(
@@ -545,6 +574,82 @@ impl Store {
             }
         });
         Ok(LogPage { entries, next })
+    }
+}
+
+impl Store {
+    /// How many entries a room's log holds (of one user, if given), from
+    /// the counts the write path keeps: no scan.
+    pub fn log_count(&self, room: &RoomId, user: Option<&UserId>) -> Result<u64, StorageError> {
+        let txn = self.read()?;
+        let counts = txn.open_table(COUNTS)?;
+        Ok(counts
+            .get(keys::count_log(room, user).as_slice())?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    /// A page of a room's log through its indexes (see [`LogQuery`]).
+    /// Entries are judged against their author's membership again, as in
+    /// [`Store::log`]; one that fails is left out of the page (the write
+    /// path stores none such, so pages are full in practice).
+    pub fn log_query(&self, q: &LogQuery) -> Result<Vec<LogEntry>, StorageError> {
+        let Some(view) = self.room(&q.room)? else {
+            return Ok(Vec::new());
+        };
+        let info = view.info();
+        let txn = self.read()?;
+        let records = txn.open_table(RECORDS)?;
+        let opened = txn.open_table(OPENED)?;
+        let (table, prefix, hlc_at) = match &q.user {
+            None => (txn.open_table(LOGS)?, q.room.0.to_vec(), 16),
+            Some(u) => (txn.open_table(LOG_USERS)?, keys::room_user(&q.room, u), 48),
+        };
+        // Longer than any key under the prefix, and after all of them.
+        let end = keys::cat(&[&prefix, &[0xff; 64]]);
+        let range = table.range(prefix.as_slice()..end.as_slice())?;
+        let keys_in_order: Box<dyn Iterator<Item = _>> = match q.order {
+            LogOrder::OldestFirst => Box::new(range),
+            LogOrder::NewestFirst => Box::new(range.rev()),
+        };
+        let mut histories: HashMap<UserId, (Vec<MemberEntry>, Vec<CutoffWindow>)> = HashMap::new();
+        let mut entries = Vec::new();
+        for row in keys_in_order.skip(q.skip).take(q.limit) {
+            let (k, _) = row?;
+            let k = k.value();
+            let bad = || StorageError("damaged log index".into());
+            let hlc = keys::hlc(k.get(hlc_at..).unwrap_or_default()).ok_or_else(bad)?;
+            let id = keys::record_id(k.get(hlc_at + 8..).unwrap_or_default()).ok_or_else(bad)?;
+            let Some(bytes) = records.get(id.0.as_slice())? else {
+                return Err(StorageError("log index points at a missing record".into()));
+            };
+            let rec = decode_with_opened(&id.0, bytes.value(), &opened)?;
+            let Body::RoomLog(l) = &rec.record().body else {
+                return Err(bad());
+            };
+            let author = rec.record().author;
+            let (h, cutoffs) = match histories.entry(author) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert((
+                    history(&txn, &q.room, Some(&author))?
+                        .into_iter()
+                        .map(|(_, e)| e)
+                        .collect(),
+                    cutoff_windows(&txn, &q.room, &author)?,
+                )),
+            };
+            if check_log_membership(rec.record(), &info, h, cutoffs).is_err() {
+                continue;
+            }
+            entries.push(LogEntry {
+                id,
+                room: q.room,
+                user: l.user,
+                action: l.action.clone(),
+                hlc,
+            });
+        }
+        Ok(entries)
     }
 }
 
