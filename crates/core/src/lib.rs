@@ -24,6 +24,7 @@ pub mod make;
 pub mod merge;
 pub mod permissions;
 pub mod record;
+pub mod relay_proof;
 pub mod rules;
 pub mod seal;
 
@@ -40,3 +41,4 @@ pub use record::{
     Record, RecordId, Room, RoomId, RoomLog, RoomSettings, Sealed, SignedRecord, Target, Tombstone,
     UnverifiedRecord, VoiceMode,
 };
+pub use relay_proof::{EpochToken, ProofItem};

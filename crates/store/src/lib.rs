@@ -49,7 +49,7 @@ use tokio::sync::broadcast;
 pub use apply::{Applied, DropReason};
 pub use error::{ApplyError, OpenError, StorageError, WriteError};
 pub use keys::Waiting;
-pub use proof::ProofError;
+pub use proof::{EpochProof, EpochProofError, ProofError, check_epoch_proof, grant_epoch_of};
 pub use query::{ChannelView, LogCursor, LogEntry, LogPage, MemberView, ProfileView, RoomView};
 pub use sync::{
     RANK_CHANNEL, RANK_GRANT, RANK_LOG, RANK_MEMBER, RANK_PROFILE, RANK_ROOM, RANK_ROOM_PROFILE,
