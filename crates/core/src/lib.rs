@@ -27,6 +27,7 @@ pub mod record;
 pub mod relay_proof;
 pub mod rules;
 pub mod seal;
+pub mod sealed_signal;
 
 pub use error::{
     ClockAhead, DecodeError, IdentityError, MakeError, RecordError, RuleError, SignError,
