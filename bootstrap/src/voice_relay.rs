@@ -46,7 +46,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 use tincan_core::permissions::{Action, allows};
 use tincan_core::{ChannelId, RoomId};
-use tincan_core::{SignedRecord, UserId};
+use tincan_core::{EpochToken, ProofItem, SignedRecord, UserId};
 use tincan_media::control::{
     Answer, Evidence, Hello, MAX_CONTROL_MESSAGE, MAX_MEMBER_MESSAGE, MAX_PROOF_RECORDS,
     MemberMessage, Refused, Request, SpeakerEntry, Update, Welcome, read_frame, read_message,
@@ -57,7 +57,7 @@ use tincan_media::{
     ConnId, EndpointConfig, GroupKey, Relay, RelayConfig, RelayStats, VoiceConnection,
     VoiceEndpoint,
 };
-use tincan_store::{Store, StoreConfig};
+use tincan_store::{EpochProof, Store, StoreConfig, check_epoch_proof, grant_epoch_of};
 use tokio::sync::mpsc;
 
 /// Updates queued for one member's control stream before it counts as too
@@ -238,11 +238,35 @@ struct Member {
     user: UserId,
     speaker: u16,
     group: GroupKey,
+    room: RoomId,
     updates: mpsc::Sender<Update>,
     /// The records the member's join was admitted on: the gate runs again
-    /// over them and the group's evidence when evidence arrives.
+    /// over them and the group's evidence when evidence arrives (open
+    /// rooms; empty for an invite-only room's member).
     proof: Vec<Vec<u8>>,
+    /// For an invite-only room: the key epoch whose relay token the member
+    /// showed (at its join, or since by [`MemberMessage::Token`]).
+    epoch: Option<u32>,
 }
+
+/// The newest key epoch a relay knows of an invite-only room, from the
+/// grants in members' hellos and evidence: older epochs' tokens are
+/// refused, and members who showed one are dropped unless they show this
+/// one within [`SHOW_NEW_TOKEN_WITHIN`]. Kept as long as any group of the
+/// room is (with its evidence), so bounded the same way.
+#[derive(Clone, Copy, Debug)]
+struct KnownEpoch {
+    owner: UserId,
+    epoch: u32,
+    relay_commit: [u8; 32],
+}
+
+/// How long a member admitted with an older epoch's token has to show the
+/// newer epoch's ([`MemberMessage::Token`]) once the relay learns of it,
+/// before it is dropped: short enough that a removed member is gone within
+/// a second, long enough for a member's node that holds the new key to
+/// answer.
+pub const SHOW_NEW_TOKEN_WITHIN: Duration = Duration::from_millis(500);
 
 /// Signed records members sent against others of a group ([`Evidence`]):
 /// every later join to the group, and every member at each new piece of
@@ -274,6 +298,8 @@ struct State {
     relay: Relay,
     members: HashMap<ConnId, Member>,
     evidence: HashMap<GroupKey, GroupEvidence>,
+    /// Invite-only rooms with a group here: their newest known epoch.
+    epochs: HashMap<RoomId, KnownEpoch>,
     send_failed: u64,
 }
 
@@ -295,6 +321,23 @@ impl State {
             empty.sort();
             for (_, k) in &empty[..empty.len() - MAX_KEPT_GROUPS] {
                 self.evidence.remove(k);
+            }
+        }
+        let rooms: std::collections::HashSet<RoomId> =
+            self.evidence.values().map(|g| g.room).collect();
+        self.epochs.retain(|room, _| rooms.contains(room));
+    }
+
+    /// Takes a newer epoch of `room` (from a hello's or evidence's grant by
+    /// the room's owner); `true` when it is newer than what was known, so
+    /// the holders of older tokens must now show the new one.
+    fn learn_epoch(&mut self, room: RoomId, seen: KnownEpoch) -> bool {
+        match self.epochs.get(&room) {
+            Some(known) if known.owner != seen.owner || known.epoch >= seen.epoch => false,
+            _ => {
+                let newer = self.epochs.contains_key(&room);
+                self.epochs.insert(room, seen);
+                newer
             }
         }
     }
@@ -371,6 +414,7 @@ impl VoiceRelay {
                 relay: Relay::new(settings.limits.clone()),
                 members: HashMap::new(),
                 evidence: HashMap::new(),
+                epochs: HashMap::new(),
                 send_failed: 0,
             }),
             started: Instant::now(),
@@ -622,10 +666,12 @@ async fn serve(shared: &Arc<Shared>, conn: VoiceConnection) {
     }
 }
 
-/// A join the proof allows: who, and which fan-out group.
+/// A join the proof allows: who, which fan-out group, and for an
+/// invite-only room the epoch the proof showed.
 struct Admitted {
     user: UserId,
     group: GroupKey,
+    epoch: Option<EpochProof>,
 }
 
 /// The fan-out group of a voice channel. Channel ids are chosen by room
@@ -645,7 +691,12 @@ fn group_key(room: &tincan_core::RoomId, channel: &tincan_core::ChannelId) -> Gr
 /// Checks a hello against the node TLS proved (`peer`, its PeerId text).
 /// CPU-bound (signatures, a throwaway store): run it off the forwarding
 /// thread. The error is the reason the user reads.
-fn admit(hello: &Hello, peer: &str, evidence: &[Vec<u8>]) -> Result<Admitted, String> {
+fn admit(
+    hello: &Hello,
+    peer: &str,
+    evidence: &[Vec<u8>],
+    known: Option<KnownEpoch>,
+) -> Result<Admitted, String> {
     hello.binding.verify().map_err(|_| {
         "your device binding is not validly signed by your user key: sign in again on this device"
             .to_owned()
@@ -663,8 +714,24 @@ fn admit(hello: &Hello, peer: &str, evidence: &[Vec<u8>]) -> Result<Admitted, St
             hello.proof.len()
         ));
     }
+    if hello.proof.iter().any(|item| item.token().is_some()) {
+        // An invite-only room: grant and token (its records are sealed,
+        // so there is no membership or channel to check here).
+        let shown = check_epoch_proof(&hello.room, &hello.proof).map_err(|e| e.to_string())?;
+        if let Some(known) = known {
+            superseded(shown.epoch, &known)?;
+        }
+        return Ok(Admitted {
+            user,
+            group: group_key(&hello.room, &hello.channel),
+            epoch: Some(shown),
+        });
+    }
     let mut records = Vec::with_capacity(hello.proof.len());
-    for (i, bytes) in hello.proof.iter().enumerate() {
+    for (i, item) in hello.proof.iter().enumerate() {
+        let Some(bytes) = item.record() else {
+            continue;
+        };
         let record = SignedRecord::from_bytes(bytes)
             .map_err(|e| format!("record {} of your membership proof is invalid: {e}", i + 1))?;
         if record.record().room() != Some(hello.room) {
@@ -745,7 +812,19 @@ fn admit(hello: &Hello, peer: &str, evidence: &[Vec<u8>]) -> Result<Admitted, St
     Ok(Admitted {
         user,
         group: group_key(&hello.room, &hello.channel),
+        epoch: None,
     })
+}
+
+/// Refuses a token of an epoch older than the newest the relay knows.
+fn superseded(epoch: u32, known: &KnownEpoch) -> Result<(), String> {
+    if epoch < known.epoch {
+        return Err(format!(
+            "your relay token is of key epoch {epoch}, superseded by epoch {} that the room's owner granted since: this node holds no key of it (if you were not removed from the room, wait for its grant and join again)",
+            known.epoch
+        ));
+    }
+    Ok(())
 }
 
 async fn join(
@@ -757,20 +836,32 @@ async fn join(
 ) {
     let peer = conn.peer_id().to_string();
     let group = group_key(&hello.room, &hello.channel);
-    let prior: Vec<Vec<u8>> = {
+    let (prior, known): (Vec<Vec<u8>>, Option<KnownEpoch>) = {
         let mut state = shared.lock();
         state.expire_evidence(Instant::now());
-        state
+        let prior = state
             .evidence
             .get(&group)
             .filter(|g| (g.room, g.channel) == (hello.room, hello.channel))
             .map(|g| g.records.clone())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        (prior, state.epochs.get(&hello.room).copied())
     };
     let (room, channel) = (hello.room, hello.channel);
-    let checked =
-        tokio::task::spawn_blocking(move || admit(&hello, &peer, &prior).map(|a| (a, hello.proof)))
-            .await;
+    let checked = tokio::task::spawn_blocking(move || {
+        admit(&hello, &peer, &prior, known).map(|a| {
+            let records = hello
+                .proof
+                .into_iter()
+                .filter_map(|item| match item {
+                    ProofItem::Record(bytes) if a.epoch.is_none() => Some(bytes),
+                    _ => None,
+                })
+                .collect::<Vec<_>>();
+            (a, records)
+        })
+    })
+    .await;
     let (admitted, proof) = match checked {
         Ok(Ok(admitted)) => admitted,
         Ok(Err(reason)) => return refuse(shared, &conn, &mut send, reason).await,
@@ -782,59 +873,24 @@ async fn join(
     };
     let id = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
     let (updates, mut queued) = mpsc::channel(UPDATE_QUEUE);
+    let mut newer_epoch = false;
     let joined = {
         let mut guard = shared.lock();
         let state = &mut *guard;
-        match state.relay.join(id, admitted.group) {
-            Err(e) => Err(e),
-            Ok(speaker) => {
-                let entry = SpeakerEntry {
-                    speaker,
-                    user: admitted.user,
-                };
-                let mut speakers = Vec::new();
-                for other in state.relay.members(&admitted.group) {
-                    if let Some(m) = state.members.get(&other) {
-                        speakers.push(SpeakerEntry {
-                            speaker: m.speaker,
-                            user: m.user,
-                        });
-                        notify(m, Update::SpeakerJoined(entry));
-                    }
-                }
-                state.members.insert(
-                    id,
-                    Member {
-                        conn: conn.clone(),
-                        user: admitted.user,
-                        speaker,
-                        group: admitted.group,
-                        updates,
-                        proof,
-                    },
-                );
-                state
-                    .evidence
-                    .entry(admitted.group)
-                    .or_insert_with(|| GroupEvidence {
-                        room,
-                        channel,
-                        records: Vec::new(),
-                        emptied: None,
-                    })
-                    .emptied = None;
-                Ok(Welcome {
-                    observed: conn.remote_addr(),
-                    speaker,
-                    speakers,
-                })
-            }
-        }
+        join_locked(state, id, &admitted, &conn, updates, proof, (room, channel)).map(
+            |(welcome, newer)| {
+                newer_epoch = newer;
+                welcome
+            },
+        )
     };
     let welcome = match joined {
         Ok(welcome) => welcome,
-        Err(e) => return refuse(shared, &conn, &mut send, e.to_string()).await,
+        Err(e) => return refuse(shared, &conn, &mut send, e).await,
     };
+    if newer_epoch {
+        sweep_older_epochs(shared, room);
+    }
     shared.joins_accepted.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(peer = %conn.peer_id(), user = %admitted.user.fingerprint(), speaker = welcome.speaker, "voice relay: joined");
     let limit = shared.settings.handshake_timeout;
@@ -865,6 +921,9 @@ async fn join(
                         Ok(MemberMessage::Evidence(evidence)) => {
                             on_evidence(&control_shared, id, evidence).await;
                         }
+                        Ok(MemberMessage::Token(token)) => {
+                            on_token(&control_shared, id, token);
+                        }
                         Ok(_) => {}
                         Err(e) => {
                             tracing::debug!("voice relay: a member message refused: {e}");
@@ -885,6 +944,117 @@ async fn join(
     }
     leave(shared, id);
     conn.close();
+}
+
+/// The locked part of a join: a last check of the epoch (a newer one may
+/// have arrived while the proof was checked), a speaker index, the others
+/// told, the member and its group's evidence entry recorded. Gives the
+/// welcome, and whether the join showed a newer epoch than was known.
+fn join_locked(
+    state: &mut State,
+    id: ConnId,
+    admitted: &Admitted,
+    conn: &VoiceConnection,
+    updates: mpsc::Sender<Update>,
+    proof: Vec<Vec<u8>>,
+    (room, channel): (RoomId, ChannelId),
+) -> Result<(Welcome, bool), String> {
+    let seen = admitted.epoch.map(|shown| KnownEpoch {
+        owner: shown.owner,
+        epoch: shown.epoch,
+        relay_commit: shown.relay_commit,
+    });
+    if let (Some(seen), Some(known)) = (seen, state.epochs.get(&room)) {
+        superseded(seen.epoch, known)?;
+    }
+    let speaker = state
+        .relay
+        .join(id, admitted.group)
+        .map_err(|e| e.to_string())?;
+    let newer = seen.is_some_and(|seen| state.learn_epoch(room, seen));
+    let entry = SpeakerEntry {
+        speaker,
+        user: admitted.user,
+    };
+    let mut speakers = Vec::new();
+    for other in state.relay.members(&admitted.group) {
+        if let Some(m) = state.members.get(&other) {
+            speakers.push(SpeakerEntry {
+                speaker: m.speaker,
+                user: m.user,
+            });
+            notify(m, Update::SpeakerJoined(entry));
+        }
+    }
+    state.members.insert(
+        id,
+        Member {
+            conn: conn.clone(),
+            user: admitted.user,
+            speaker,
+            group: admitted.group,
+            room,
+            updates,
+            proof,
+            epoch: seen.map(|e| e.epoch),
+        },
+    );
+    state
+        .evidence
+        .entry(admitted.group)
+        .or_insert_with(|| GroupEvidence {
+            room,
+            channel,
+            records: Vec::new(),
+            emptied: None,
+        })
+        .emptied = None;
+    Ok((
+        Welcome {
+            observed: conn.remote_addr(),
+            speaker,
+            speakers,
+        },
+        newer,
+    ))
+}
+
+/// Once [`SHOW_NEW_TOKEN_WITHIN`] has passed, drops every member of
+/// `room`'s groups still on an older epoch than the newest known: a removed
+/// member has no key of the new epoch, so it cannot show its token.
+fn sweep_older_epochs(shared: &Arc<Shared>, room: RoomId) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(SHOW_NEW_TOKEN_WITHIN).await;
+        let state = shared.lock();
+        let Some(known) = state.epochs.get(&room).copied() else {
+            return;
+        };
+        for m in state.members.values() {
+            if m.room == room && m.epoch.is_some_and(|e| e < known.epoch) {
+                tracing::info!(user = %m.user.fingerprint(), epoch = ?m.epoch, newest = known.epoch, "voice relay: a member on a superseded key epoch is disconnected");
+                m.conn.close();
+            }
+        }
+    });
+}
+
+/// A member shows the relay token of its room's newest known epoch: it
+/// keeps its place when the older epoch it joined with is swept.
+fn on_token(shared: &Shared, from: ConnId, token: EpochToken) {
+    let mut guard = shared.lock();
+    let state = &mut *guard;
+    let Some(m) = state.members.get_mut(&from) else {
+        return;
+    };
+    let Some(known) = state.epochs.get(&m.room) else {
+        return;
+    };
+    if m.epoch.is_some() && token.epoch == known.epoch && token.matches(&known.relay_commit) {
+        m.epoch = Some(token.epoch);
+    } else {
+        tracing::debug!(user = %m.user.fingerprint(), epoch = token.epoch, "voice relay: a relay token that matches no known grant ignored");
+    }
 }
 
 /// Queues an update for a member; a member too slow to take it is
@@ -950,25 +1120,55 @@ fn still_admitted(
     }
 }
 
-/// Evidence from member `from`: records of the group's room are kept (up
-/// to [`MAX_GROUP_EVIDENCE`]), then every member of the group is judged
-/// again over its proof and the evidence, and those the gate refuses are
-/// disconnected (which announces them gone to the others).
+/// Evidence from member `from`. In an invite-only room, a grant of the
+/// room's owner newer than the epoch known supersedes it: members on older
+/// epochs are dropped after [`SHOW_NEW_TOKEN_WITHIN`] unless they show the
+/// new token (grants are not kept beyond their epoch and commitment). Other
+/// records of the group's room are kept (up to [`MAX_GROUP_EVIDENCE`]),
+/// then every member of the group admitted by records is judged again over
+/// its proof and the evidence, and those the gate refuses are disconnected
+/// (which announces them gone to the others).
 async fn on_evidence(shared: &Arc<Shared>, from: ConnId, evidence: Evidence) {
-    let judged = {
+    let mut newer_epoch = None;
+    let judged = 'judged: {
         let mut guard = shared.lock();
         let state = &mut *guard;
-        let Some(group) = state.members.get(&from).map(|m| m.group) else {
+        let Some((group, room)) = state.members.get(&from).map(|m| (m.group, m.room)) else {
             return;
         };
+        let decoded: Vec<(Vec<u8>, Option<SignedRecord>)> = evidence
+            .records
+            .into_iter()
+            .map(|bytes| {
+                let record = SignedRecord::from_bytes(&bytes)
+                    .ok()
+                    .filter(|r| r.record().room() == Some(room));
+                (bytes, record)
+            })
+            .collect();
+        if let Some(known) = state.epochs.get(&room).copied() {
+            for record in decoded.iter().filter_map(|(_, r)| r.as_ref()) {
+                if let Some((epoch, relay_commit)) = grant_epoch_of(record, &room, &known.owner) {
+                    let seen = KnownEpoch {
+                        owner: known.owner,
+                        epoch,
+                        relay_commit,
+                    };
+                    if state.learn_epoch(room, seen) {
+                        newer_epoch = Some(room);
+                    }
+                }
+            }
+        }
         let Some(g) = state.evidence.get_mut(&group) else {
-            return;
+            break 'judged None;
         };
         let mut added = 0;
-        for bytes in evidence.records {
-            let about_room =
-                SignedRecord::from_bytes(&bytes).is_ok_and(|r| r.record().room() == Some(g.room));
-            if !about_room || g.records.contains(&bytes) {
+        for (bytes, record) in decoded {
+            let is_grant = record
+                .as_ref()
+                .is_some_and(|r| matches!(r.record().body, tincan_core::Body::KeyGrant(_)));
+            if record.is_none() || is_grant || g.records.contains(&bytes) {
                 continue;
             }
             if g.records.len() >= MAX_GROUP_EVIDENCE {
@@ -979,15 +1179,24 @@ async fn on_evidence(shared: &Arc<Shared>, from: ConnId, evidence: Evidence) {
             added += 1;
         }
         if added == 0 {
-            return;
+            None
+        } else {
+            let (room, channel, records) = (g.room, g.channel, g.records.clone());
+            let members: Vec<(ConnId, UserId, Vec<Vec<u8>>)> = state
+                .relay
+                .members(&group)
+                .filter_map(|c| state.members.get(&c).map(|m| (c, m)))
+                .filter(|(_, m)| m.epoch.is_none())
+                .map(|(c, m)| (c, m.user, m.proof.clone()))
+                .collect();
+            Some((room, channel, records, members))
         }
-        let (room, channel, records) = (g.room, g.channel, g.records.clone());
-        let members: Vec<(ConnId, UserId, Vec<Vec<u8>>)> = state
-            .relay
-            .members(&group)
-            .filter_map(|c| state.members.get(&c).map(|m| (c, m.user, m.proof.clone())))
-            .collect();
-        (room, channel, records, members)
+    };
+    if let Some(room) = newer_epoch {
+        sweep_older_epochs(shared, room);
+    }
+    let Some(judged) = judged else {
+        return;
     };
     let (room, channel, records, members) = judged;
     let refused = tokio::task::spawn_blocking(move || {

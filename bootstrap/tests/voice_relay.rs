@@ -301,8 +301,8 @@ async fn outsiders_forgers_and_garbage_are_refused_with_a_reason() {
     // Not a member: the room and channel records prove nothing about her.
     let mut hello = bob.hello(&w);
     hello.binding = mallory.binding();
-    hello.proof.retain(|b| {
-        let r = tincan_core::SignedRecord::from_bytes(b).unwrap();
+    hello.proof.retain(|item| {
+        let r = tincan_core::SignedRecord::from_bytes(item.record().unwrap()).unwrap();
         !matches!(r.record().body, tincan_core::Body::Member(_))
     });
     let reason = mallory.refused(&addr, hello).await;
@@ -342,8 +342,10 @@ async fn outsiders_forgers_and_garbage_are_refused_with_a_reason() {
 
     // A damaged record, and too many records.
     let mut hello = bob.hello(&w);
-    let last = hello.proof[0].len() - 1;
-    hello.proof[0][last] ^= 1;
+    if let tincan_core::ProofItem::Record(bytes) = &mut hello.proof[0] {
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+    }
     let reason = bob.refused(&addr, hello).await;
     assert!(
         reason.contains("record 1 of your membership proof is invalid"),
@@ -585,10 +587,14 @@ async fn evidence_of_a_kick_drops_the_member_and_refuses_its_old_proof() {
     let old_hello = carol.hello(&w);
 
     // Records about another room: not evidence for this channel.
-    let elsewhere: Vec<Vec<u8>> = w
-        .store
-        .membership_proof(&w.other_room, &w.owner.id(), &w.other_channel, 8)
-        .unwrap();
+    let elsewhere: Vec<Vec<u8>> = tincan_voice::roster::evidence_against(
+        &w.store,
+        w.other_room,
+        w.other_channel,
+        &w.owner.id(),
+    )
+    .unwrap();
+    assert!(!elsewhere.is_empty());
     assert!(b.send_message(&MemberMessage::Evidence(Evidence { records: elsewhere })));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
@@ -625,4 +631,297 @@ async fn evidence_of_a_kick_drops_the_member_and_refuses_its_old_proof() {
     let s = stats_become(&relay, |s| s.members == 1).await;
     assert_eq!(s.joins_accepted, 2);
     drop(c);
+}
+
+/// An invite-only room as its owner's node writes it (issue 14): the room
+/// record plaintext, the channel and every membership sealed under the
+/// room's key, the grants key upkeep plans. `records` is everything
+/// written, in order, for the members' stores.
+struct SealedWorld {
+    owner: UserKey,
+    owner_store: Store,
+    room: RoomId,
+    channel: ChannelId,
+    records: Vec<tincan_core::SignedRecord>,
+}
+
+fn sealed_world(members: &[&Player]) -> SealedWorld {
+    use tincan_core::{Body, Member, MemberRole, MemberState};
+    let owner = UserKey::from_seed(&[1; 32]);
+    let owner_store = Store::in_memory(StoreConfig::default()).unwrap();
+    owner_store.unlock_user(&owner).unwrap();
+    let settings = RoomSettings {
+        join_policy: JoinPolicy::Invite,
+        member_limit: None,
+    };
+    let (room, rec) = make::room(&owner, Hlc::new(10, 0), [3; 16], "Raid", settings).unwrap();
+    let mut w = SealedWorld {
+        owner,
+        owner_store,
+        room,
+        channel: ChannelId([9; 16]),
+        records: Vec::new(),
+    };
+    w.write(rec);
+    let channel = make::channel(
+        &w.owner,
+        Hlc::new(11, 0),
+        room,
+        w.channel,
+        "Comms",
+        "",
+        default_permissions(),
+    )
+    .unwrap();
+    let channel = w.owner_store.prepare_signed(&w.owner, channel).unwrap();
+    assert!(channel.is_sealed(), "the channel is sealed");
+    w.write(channel);
+    for (i, p) in members.iter().enumerate() {
+        let admit = w
+            .owner_store
+            .prepare_write(
+                &w.owner,
+                Hlc::new(12 + i as u64, 0),
+                Body::Member(Member {
+                    room,
+                    user: p.user.id(),
+                    role: MemberRole::Participant,
+                    state: MemberState::Joined,
+                }),
+            )
+            .unwrap();
+        assert!(admit.is_sealed(), "the admission is sealed");
+        w.write(admit);
+    }
+    w.upkeep(Hlc::new(30, 0));
+    w
+}
+
+impl SealedWorld {
+    fn write(&mut self, rec: tincan_core::SignedRecord) {
+        self.owner_store.apply(rec.clone()).unwrap();
+        self.records.push(rec);
+    }
+
+    /// The grants the owner's node publishes now.
+    fn upkeep(&mut self, hlc: Hlc) {
+        for g in self.owner_store.key_upkeep(&self.owner, hlc).unwrap() {
+            self.write(g);
+        }
+    }
+
+    /// A member's node: its own store, its user unlocked, everything the
+    /// owner wrote so far.
+    fn member_store(&self, p: &Player) -> Store {
+        let store = Store::in_memory(StoreConfig::default()).unwrap();
+        store.unlock_user(&p.user).unwrap();
+        self.sync(&store);
+        store
+    }
+
+    fn sync(&self, store: &Store) {
+        for r in &self.records {
+            store.apply(r.clone()).unwrap();
+        }
+    }
+
+    fn hello(&self, p: &Player, store: &Store) -> Hello {
+        Hello {
+            room: self.room,
+            channel: self.channel,
+            binding: p.binding(),
+            proof: store
+                .membership_proof(&self.room, &p.user.id(), &self.channel, MAX_PROOF_RECORDS)
+                .expect("a member of an invite-only room can build a proof"),
+        }
+    }
+}
+
+/// A member of an invite-only room, whose Member and Channel records are
+/// sealed, joins the relay with the proof its own store builds (the
+/// owner's grant of the current epoch and the room record, and the
+/// epoch's relay token), and hears the owner through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_of_an_invite_only_room_is_admitted_with_grant_and_token() {
+    let (relay, addr) = start(settings());
+    let bob = player(2);
+    let w = sealed_world(&[&bob]);
+    let alice = Player {
+        user: UserKey::from_seed(&[1; 32]),
+        ..player(1)
+    };
+    let bob_store = w.member_store(&bob);
+    assert!(
+        bob_store.room_key(&w.room).unwrap().is_some(),
+        "bob holds the key"
+    );
+    let a = RelaySession::join(&alice.endpoint, &addr, w.hello(&alice, &w.owner_store))
+        .await
+        .expect("the owner is welcome");
+    let b = RelaySession::join(&bob.endpoint, &addr, w.hello(&bob, &bob_store))
+        .await
+        .expect("a member of an invite-only room is welcome");
+    table_becomes(&b, |t| t.values().any(|u| *u == alice.user.id())).await;
+    assert!(a.send(&frame(a.speaker(), 1)));
+    let got = receive(&b, 1).await;
+    assert_eq!(got[0].1, 1);
+    assert_eq!(relay.stats().joins_accepted, 2);
+}
+
+/// Bob and carol are on the relay in an invite-only room; the owner kicks
+/// carol and its node grants a new epoch to bob only. Bob sends the relay
+/// the evidence his store gives (`evidence_against`: the newer grant);
+/// the relay drops carol within a second and refuses her old proof (the
+/// older epoch's token) from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kicked_member_of_an_invite_only_room_is_dropped_on_the_newer_grant() {
+    use tincan_core::MemberState;
+    use tincan_media::control::{Evidence, MemberMessage};
+    let (relay, addr) = start(settings());
+    let (bob, carol) = (player(2), player(3));
+    let mut w = sealed_world(&[&bob, &carol]);
+    let bob_store = w.member_store(&bob);
+    let carol_store = w.member_store(&carol);
+    let b = RelaySession::join(&bob.endpoint, &addr, w.hello(&bob, &bob_store))
+        .await
+        .expect("bob is welcome");
+    let c = RelaySession::join(&carol.endpoint, &addr, w.hello(&carol, &carol_store))
+        .await
+        .expect("carol is welcome");
+    table_becomes(&b, |t| t.len() == 1).await;
+    let carol_index = c.speaker();
+    let old_hello = w.hello(&carol, &carol_store);
+
+    let epoch_before = w.owner_store.room_key(&w.room).unwrap().unwrap().epoch();
+    for rec in w
+        .owner_store
+        .removal(
+            &w.owner,
+            &w.room,
+            &carol.user.id(),
+            MemberState::Kicked,
+            Hlc::new(40, 0),
+        )
+        .unwrap()
+    {
+        w.write(rec);
+    }
+    w.upkeep(Hlc::new(41, 0));
+    w.sync(&bob_store);
+    let epoch_after = bob_store.room_key(&w.room).unwrap().unwrap().epoch();
+    assert!(epoch_after > epoch_before, "bob holds the new epoch's key");
+
+    let records =
+        tincan_voice::roster::evidence_against(&bob_store, w.room, w.channel, &carol.user.id())
+            .unwrap();
+    assert!(
+        records.iter().any(|r| matches!(
+            tincan_core::SignedRecord::from_bytes(r)
+                .unwrap()
+                .record()
+                .body,
+            tincan_core::Body::KeyGrant(_)
+        )),
+        "the evidence carries the newer grant"
+    );
+    let sent = std::time::Instant::now();
+    assert!(b.send_message(&MemberMessage::Evidence(Evidence { records })));
+    // Bob holds the new epoch's key: he shows its token and stays.
+    let token = bob_store.relay_token(&w.room).unwrap().unwrap();
+    assert_eq!(token.epoch, epoch_after);
+    assert!(b.send_message(&MemberMessage::Token(token)));
+    table_becomes(&b, |t| !t.contains_key(&carol_index)).await;
+    let took = sent.elapsed();
+    println!(
+        "FIGURE voice relay: a kicked member of an invite-only room dropped {:.0} ms after the newer grant",
+        took.as_secs_f64() * 1000.0
+    );
+    let reason = carol.refused(&addr, old_hello).await;
+    assert!(reason.contains("superseded"), "{reason}");
+    // Past the grace, bob (who showed the new token) is still there, and a
+    // newcomer with the new epoch's proof is welcome.
+    tokio::time::sleep(tincan_bootstrap::voice_relay::SHOW_NEW_TOKEN_WITHIN * 2).await;
+    let s = stats_become(&relay, |s| s.members == 1).await;
+    assert_eq!(s.joins_accepted, 2);
+    let alice = Player {
+        user: UserKey::from_seed(&[1; 32]),
+        ..player(1)
+    };
+    let _a = RelaySession::join(&alice.endpoint, &addr, w.hello(&alice, &w.owner_store))
+        .await
+        .expect("the owner is welcome with the new epoch's token");
+    assert!(b.connection().close_reason().is_none(), "bob was dropped");
+    drop(c);
+}
+
+/// A stranger who knows the room (its record and the owner's grant are
+/// plaintext: anyone holding the locator can have them) but holds no key
+/// makes up a relay token, or shows the grant without one, or a grant that
+/// it signed itself: each refused, and nothing joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_with_a_made_up_token_is_refused() {
+    use tincan_core::{EpochToken, ProofItem};
+    let (relay, addr) = start(settings());
+    let bob = player(2);
+    let w = sealed_world(&[&bob]);
+    let bob_store = w.member_store(&bob);
+    let mallory = player(9);
+    let real = w.hello(&bob, &bob_store);
+    let records: Vec<ProofItem> = real
+        .proof
+        .iter()
+        .filter(|i| i.record().is_some())
+        .cloned()
+        .collect();
+    assert_eq!(records.len(), 2, "room and grant");
+    let mut hello = Hello {
+        binding: mallory.binding(),
+        ..real.clone()
+    };
+    hello.proof = records.clone();
+    hello.proof.push(ProofItem::Token(EpochToken {
+        epoch: 0,
+        token: [0x5a; 32],
+    }));
+    let reason = mallory.refused(&addr, hello.clone()).await;
+    assert!(reason.contains("relay token does not match"), "{reason}");
+    // Without a token, the records alone: the relay reads no membership
+    // in an invite-only room's (sealed) records.
+    hello.proof = records.clone();
+    let reason = mallory.refused(&addr, hello.clone()).await;
+    assert!(reason.contains("has no voice channel"), "{reason}");
+    // A grant of her own making, with the token of her own key.
+    let key = tincan_core::seal::RoomChain::derive(&mallory.user, &w.room)
+        .epoch_key(0)
+        .unwrap();
+    let forged = make::grants(
+        &mallory.user,
+        Hlc::new(50, 0),
+        &key,
+        &tincan_core::seal::RoomChain::derive(&mallory.user, &w.room).locator(),
+        &[mallory.user.id()],
+    )
+    .unwrap();
+    hello.proof = vec![
+        records[0].clone(),
+        ProofItem::Record(forged[0].to_bytes()),
+        ProofItem::Token(EpochToken {
+            epoch: 0,
+            token: key.relay_token(),
+        }),
+    ];
+    let reason = mallory.refused(&addr, hello).await;
+    assert!(reason.contains("not one of room"), "{reason}");
+    // Bob's real proof, from mallory's node with her own binding: the
+    // token is a bearer proof of the epoch key (see docs/trust.md), so it
+    // is the binding that names who joins; bob's binding from her node is
+    // refused as for any room.
+    let hello = Hello {
+        binding: bob.binding(),
+        ..real.clone()
+    };
+    let reason = mallory.refused(&addr, hello).await;
+    assert!(reason.contains("binding is for node"), "{reason}");
+    let s = relay.stats();
+    assert_eq!((s.joins_accepted, s.joins_refused), (0, 4));
 }

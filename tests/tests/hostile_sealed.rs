@@ -509,3 +509,151 @@ async fn a_member_catches_up_on_10000_sealed_entries() {
     owner.mesh.shutdown().await;
     member.mesh.shutdown().await;
 }
+
+/// Waits (bounded) for a signal from `from` on `rx` whose bytes are `want`,
+/// publishing `publish` on `publisher` every 200 ms meanwhile (gossipsub
+/// forms its mesh for the voice topic over a few heartbeats, and signals
+/// are not stored). Other signals are noted in `seen`.
+async fn signal_arrives(
+    publisher: &common::Node,
+    room: RoomId,
+    publish: &[u8],
+    rx: &mut tokio::sync::broadcast::Receiver<tincan_mesh::Signal>,
+    want: &[u8],
+) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < LIMIT {
+        let _ = publisher.mesh.publish_signal(room, publish.to_vec()).await;
+        let until = tokio::time::Instant::now() + Duration::from_millis(200);
+        while let Ok(Ok(signal)) = tokio::time::timeout_at(until, rx.recv()).await {
+            if signal.data == want {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Voice signals of an invite-only room (presences, key shares) are sealed
+/// under the room's epoch key on its voice topic (issue 13/14). Bob is
+/// kicked; his node still follows the room (it holds the locator, so it is
+/// still subscribed to the sealed voice topic). After the next epoch,
+/// carol's presences reach alice and are readable there, and none reaches
+/// bob's node readable: the voice plane there gets nothing, and no bytes
+/// of it in plaintext. Before the kick, all three exchange presences.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_reads_no_voice_presence_after_the_next_epoch() {
+    let alice = UserKey::from_seed(&seed(31));
+    let bob = UserKey::from_seed(&seed(32));
+    let carol = UserKey::from_seed(&seed(33));
+    let owner = node(9_230, Some(&alice)).await;
+    let (room, _) = invite_only_room(&alice, &bob, &owner.store);
+    let invite_carol = owner
+        .store
+        .prepare_write(
+            &alice,
+            hlc(10),
+            Body::Member(Member {
+                room,
+                user: carol.id(),
+                role: MemberRole::Participant,
+                state: MemberState::Invited,
+            }),
+        )
+        .unwrap();
+    owner.store.apply(invite_carol).unwrap();
+    for g in owner.store.key_upkeep(&alice, hlc(11)).unwrap() {
+        owner.store.apply(g).unwrap();
+    }
+    owner.mesh.subscribe_room(room).await.unwrap();
+    let b = node(9_231, Some(&bob)).await;
+    let c = node(9_232, Some(&carol)).await;
+    let invite = owner.mesh.invite(room).await.unwrap();
+    b.mesh.accept_invite(&invite).await.unwrap();
+    c.mesh.accept_invite(&invite).await.unwrap();
+    for n in [&b, &c] {
+        assert!(
+            eventually(LIMIT, || async {
+                n.store.room_key(&room).unwrap().is_some()
+            })
+            .await,
+            "a member never got the room's key"
+        );
+    }
+    c.mesh.dial(b.addr.clone()).await.unwrap();
+    let mut at_alice = owner.mesh.signals();
+    let mut at_bob = b.mesh.signals();
+    // Before the kick: members hear each other's presences.
+    let before = b"presence: carol in channel 9 (before)".to_vec();
+    assert!(
+        signal_arrives(&c, room, &before, &mut at_bob, &before).await,
+        "bob never heard carol's presence while a member"
+    );
+    let from_bob = b"presence: bob in channel 9".to_vec();
+    assert!(
+        signal_arrives(&b, room, &from_bob, &mut at_alice, &from_bob).await,
+        "alice never heard bob's presence"
+    );
+
+    // The kick, and the next epoch, granted to carol only.
+    let now = || Hlc::new(tincan_store::clock::wall_ms(), 0);
+    for rec in owner
+        .store
+        .removal(&alice, &room, &bob.id(), MemberState::Kicked, now())
+        .unwrap()
+    {
+        owner.mesh.publish(rec).await.unwrap();
+    }
+    for g in owner.store.key_upkeep(&alice, now()).unwrap() {
+        owner.mesh.publish(g).await.unwrap();
+    }
+    let epoch_after = owner.store.room_key(&room).unwrap().unwrap().epoch();
+    assert!(
+        eventually(LIMIT, || async {
+            c.store.room_key(&room).unwrap().map(|k| k.epoch()) == Some(epoch_after)
+        })
+        .await,
+        "carol never got the new epoch"
+    );
+    let bob_epoch = b.store.room_key(&room).unwrap().unwrap().epoch();
+    assert!(bob_epoch < epoch_after, "bob holds the new epoch");
+
+    // After it: carol's presences reach alice, readable; bob's node, which
+    // still follows the room, reads none of them.
+    let after = b"presence: carol in channel 9 (after the kick)".to_vec();
+    while at_bob.try_recv().is_ok() {}
+    assert!(
+        signal_arrives(&c, room, &after, &mut at_alice, &after).await,
+        "alice never heard carol's presence after the kick"
+    );
+    // A few more rounds for bob's node to have had every chance.
+    let mut rounds = 0;
+    let start = Instant::now();
+    let mut leaked = Vec::new();
+    while start.elapsed() < Duration::from_secs(3) {
+        let _ = c.mesh.publish_signal(room, after.clone()).await;
+        rounds += 1;
+        let until = tokio::time::Instant::now() + Duration::from_millis(200);
+        while let Ok(Ok(signal)) = tokio::time::timeout_at(until, at_bob.recv()).await {
+            leaked.push(signal);
+        }
+    }
+    println!(
+        "FIGURE sealed voice signals: epoch {bob_epoch} -> {epoch_after}; {rounds} presences of carol after the kick; readable at bob's node: {}",
+        leaked
+            .iter()
+            .filter(|s| contains(&s.data, b"carol"))
+            .count()
+    );
+    assert!(
+        !leaked.iter().any(|s| contains(&s.data, b"carol")),
+        "the removed member's node read a presence after the next epoch: {:?}",
+        leaked
+            .iter()
+            .map(|s| String::from_utf8_lossy(&s.data))
+            .collect::<Vec<_>>()
+    );
+    for n in [owner, b, c] {
+        n.mesh.shutdown().await;
+    }
+}

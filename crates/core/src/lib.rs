@@ -24,8 +24,10 @@ pub mod make;
 pub mod merge;
 pub mod permissions;
 pub mod record;
+pub mod relay_proof;
 pub mod rules;
 pub mod seal;
+pub mod sealed_signal;
 
 pub use error::{
     ClockAhead, DecodeError, IdentityError, MakeError, RecordError, RuleError, SignError,
@@ -40,3 +42,4 @@ pub use record::{
     Record, RecordId, Room, RoomId, RoomLog, RoomSettings, Sealed, SignedRecord, Target, Tombstone,
     UnverifiedRecord, VoiceMode,
 };
+pub use relay_proof::{EpochToken, ProofItem};

@@ -31,7 +31,7 @@
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
-use tincan_core::{ChannelId, NodeBinding, RoomId, UserId};
+use tincan_core::{ChannelId, EpochToken, NodeBinding, ProofItem, RoomId, UserId};
 
 /// Largest control message a node reads from a peer. A [`Hello`] to a relay
 /// carries the room's records that prove membership (each at most 16 KiB,
@@ -51,11 +51,14 @@ pub struct Hello {
     /// "This node speaks for that user", signed by the user; the acceptor
     /// checks that it names the node TLS proved.
     pub binding: NodeBinding,
-    /// For a relay, which has no copy of the room: the signed records
-    /// (postcard bytes of `SignedRecord`) that prove the user's membership:
-    /// the room itself, the user's membership records and the owner's
-    /// acceptance. Empty between two nodes, which check their own store.
-    pub proof: Vec<Vec<u8>>,
+    /// For a relay, which has no copy of the room: what proves the user may
+    /// be in the channel (`tincan_store::Store::membership_proof`). For an
+    /// open room the signed records of the room, the user's membership and
+    /// the channel; for an invite-only room the room record, the owner's
+    /// grant of the current epoch and that epoch's relay token
+    /// ([`tincan_core::relay_proof`]). Empty between two nodes, which
+    /// check their own store.
+    pub proof: Vec<ProofItem>,
 }
 
 /// The acceptor's yes.
@@ -137,7 +140,13 @@ pub struct Evidence {
 pub enum MemberMessage {
     /// Records the member's own gate read as refusing someone the relay
     /// still forwards to: the relay applies them and runs its gate again.
+    /// In an invite-only room, the owner's newer `KeyGrant`.
     Evidence(Evidence),
+    /// In an invite-only room, the relay token of a newer epoch
+    /// (`tincan_store::Store::relay_token`): a member admitted with an
+    /// older epoch's token keeps its place by showing it within
+    /// a short grace after the relay learns of the newer epoch.
+    Token(EpochToken),
 }
 
 /// Why a member message is not one a relay takes.
@@ -193,6 +202,7 @@ impl MemberMessage {
                     return Err(MemberMessageError::BadRecord(r.len()));
                 }
             }
+            MemberMessage::Token(_) => {}
         }
         Ok(message)
     }
@@ -320,7 +330,13 @@ mod tests {
             room: RoomId([3; 16]),
             channel: ChannelId([4; 16]),
             binding: NodeBinding::new(&user, node.id(), Hlc::new(5, 0)),
-            proof: vec![vec![6; 100]],
+            proof: vec![
+                ProofItem::Record(vec![6; 100]),
+                ProofItem::Token(EpochToken {
+                    epoch: 3,
+                    token: [7; 32],
+                }),
+            ],
         }
     }
 
@@ -347,6 +363,11 @@ mod tests {
         });
         let bytes = ok.encode();
         assert_eq!(MemberMessage::decode(&bytes).unwrap(), ok);
+        let token = MemberMessage::Token(EpochToken {
+            epoch: 2,
+            token: [9; 32],
+        });
+        assert_eq!(MemberMessage::decode(&token.encode()).unwrap(), token);
         let mut framed = Vec::new();
         write_frame(&mut framed, &bytes).await.unwrap();
         let back = read_frame(&mut framed.as_slice(), MAX_MEMBER_MESSAGE)

@@ -34,6 +34,7 @@ pub mod protocol;
 pub mod rate;
 pub mod reach;
 pub mod reconcile;
+pub mod signal;
 pub mod upkeep;
 
 pub use behaviour::{build_swarm, profiles_topic, room_topic, voice_topic};

@@ -847,6 +847,12 @@ struct Wire {
     voice: IdentTopic,
     dht: kad::RecordKey,
     scope: Scope,
+    /// Its voice signals travel sealed under the room's epoch key
+    /// ([`crate::signal`]): the sealed names' voice topic.
+    sealed: bool,
+    /// Which epochs' signals are opened (the newest held, and the one
+    /// before for a while after a new one): sealed rooms only.
+    window: Option<crate::signal::EpochWindow>,
 }
 
 impl Wire {
@@ -863,6 +869,8 @@ impl Wire {
                         locator: id,
                         proof: secret.proof(&me.to_bytes()),
                     },
+                    sealed: true,
+                    window: None,
                 }
             }
             None => Wire {
@@ -870,6 +878,8 @@ impl Wire {
                 voice: voice_topic(room),
                 dht: room_key(room),
                 scope: Scope::Room(*room),
+                sealed: false,
+                window: None,
             },
         }
     }
@@ -1270,16 +1280,25 @@ impl Driver {
                 let _ = reply.send(self.subscribe(room));
             }
             Command::PublishSignal { room, bytes, reply } => {
-                let result = if let Some(wire) = self.rooms.get(&room) {
-                    let voice = wire.voice.clone();
-                    match self.swarm.behaviour_mut().gossipsub.publish(voice, bytes) {
-                        Ok(_) => Ok(true),
-                        Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(false),
-                        Err(gossipsub::PublishError::Duplicate) => Ok(true),
-                        Err(e) => Err(e.to_string()),
-                    }
-                } else {
-                    Err(format!("room {room} is not followed: join it first"))
+                let result = match self.rooms.get(&room).map(|w| (w.voice.clone(), w.sealed)) {
+                    // An invite-only room's signals are sealed here, the one
+                    // place they leave this node.
+                    Some((voice, sealed)) => match if sealed {
+                        self.seal_signal(&room, &bytes)
+                    } else {
+                        Ok(bytes)
+                    } {
+                        Err(e) => Err(e),
+                        Ok(bytes) => {
+                            match self.swarm.behaviour_mut().gossipsub.publish(voice, bytes) {
+                                Ok(_) => Ok(true),
+                                Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(false),
+                                Err(gossipsub::PublishError::Duplicate) => Ok(true),
+                                Err(e) => Err(e.to_string()),
+                            }
+                        }
+                    },
+                    None => Err(format!("room {room} is not followed: join it first")),
                 };
                 let _ = reply.send(result);
             }
@@ -2298,8 +2317,63 @@ impl Driver {
         }
     }
 
+    /// `signal` sealed under the newest key of invite-only `room` held
+    /// here; an error (for the caller) without one.
+    fn seal_signal(&mut self, room: &RoomId, signal: &[u8]) -> Result<Vec<u8>, String> {
+        let key = self
+            .store
+            .room_key(room)
+            .map_err(|e| format!("cannot read room {room}'s key: {e}"))?
+            .ok_or_else(|| {
+                format!("no key of invite-only room {room} here yet: wait for the owner's grant")
+            })?;
+        let me = *self.swarm.local_peer_id();
+        if let Some(wire) = self.rooms.get_mut(room) {
+            let now = Instant::now();
+            wire.window
+                .get_or_insert_with(|| crate::signal::EpochWindow::new(key.epoch(), now))
+                .previous_open(key.epoch(), now);
+        }
+        crate::signal::seal_signal(&key, &me.to_bytes(), signal)
+            .map_err(|e| format!("cannot seal a voice signal: {e}"))
+    }
+
+    /// The signal bytes of a sealed room's voice message, opened with the
+    /// newest key held (or the one before, within the overlap), or the
+    /// verdict for the message when it does not open.
+    fn open_signal(
+        &mut self,
+        room: &RoomId,
+        from: &PeerId,
+        data: &[u8],
+    ) -> Result<Vec<u8>, MessageAcceptance> {
+        let Some(key) = self.store.room_key(room).ok().flatten() else {
+            // No key here (yet): nothing to read, nobody's fault.
+            return Err(MessageAcceptance::Ignore);
+        };
+        let now = Instant::now();
+        let previous_too = match self.rooms.get_mut(room) {
+            Some(wire) => wire
+                .window
+                .get_or_insert_with(|| crate::signal::EpochWindow::new(key.epoch(), now))
+                .previous_open(key.epoch(), now),
+            None => false,
+        };
+        match crate::signal::open_signal(&key, previous_too, &from.to_bytes(), data) {
+            crate::signal::Opened::Signal(bytes) => Ok(bytes),
+            crate::signal::Opened::OtherEpoch(epoch) => {
+                tracing::debug!(%room, %from, epoch, held = key.epoch(), "a voice signal sealed under an epoch not opened here");
+                Err(MessageAcceptance::Ignore)
+            }
+            crate::signal::Opened::Invalid => Err(MessageAcceptance::Reject),
+        }
+    }
+
     /// A voice signal: forwarded to the voice plane, and on to other peers,
-    /// when it is small, signed, and its sender is within its rate.
+    /// when it is small, signed, and its sender is within its rate. An
+    /// invite-only room's signals are opened first (see [`crate::signal`]):
+    /// one that does not open is not forwarded, and the voice plane sees
+    /// only what opened.
     fn on_signal(
         &mut self,
         room: RoomId,
@@ -2311,7 +2385,13 @@ impl Driver {
             self.report(&msg_id, &source, MessageAcceptance::Reject);
             return;
         };
-        if message.data.len() > MAX_SIGNAL_BYTES {
+        let sealed = self.rooms.get(&room).is_some_and(|w| w.sealed);
+        let limit = if sealed {
+            MAX_SIGNAL_BYTES + crate::signal::SEALED_SIGNAL_OVERHEAD
+        } else {
+            MAX_SIGNAL_BYTES
+        };
+        if message.data.len() > limit {
             self.report(&msg_id, &source, MessageAcceptance::Reject);
             return;
         }
@@ -2320,11 +2400,18 @@ impl Driver {
             self.report(&msg_id, &source, MessageAcceptance::Ignore);
             return;
         }
-        let _ = self.signals.send(Signal {
-            room,
-            from,
-            data: message.data,
-        });
+        let data = if sealed {
+            match self.open_signal(&room, &from, &message.data) {
+                Ok(data) => data,
+                Err(verdict) => {
+                    self.report(&msg_id, &source, verdict);
+                    return;
+                }
+            }
+        } else {
+            message.data
+        };
+        let _ = self.signals.send(Signal { room, from, data });
         self.report(&msg_id, &source, MessageAcceptance::Accept);
     }
 

@@ -50,7 +50,7 @@ use tokio::sync::broadcast;
 pub use apply::{Applied, DropReason};
 pub use error::{ApplyError, OpenError, StorageError, WriteError};
 pub use keys::Waiting;
-pub use proof::ProofError;
+pub use proof::{EpochProof, EpochProofError, ProofError, check_epoch_proof, grant_epoch_of};
 pub use query::{
     ChannelView, LogCursor, LogEntry, LogOrder, LogPage, LogQuery, MemberView, ProfileView,
     RoomView,

@@ -40,17 +40,20 @@ pub fn roster_from_store(
 }
 
 /// Whether a change of `entity` can change the roster of a channel of
-/// `room`: the room itself, a membership, a channel or a cutoff of that
-/// room, or a sealed record (it may open into any of those, and its room
-/// is not known until it does). Logs, profiles and key grants cannot.
+/// `room`, or what a relay must be shown about it: the room itself, a
+/// membership, a channel or a cutoff of that room, a sealed record (it may
+/// open into any of those, and its room is not known until it does), or a
+/// key grant (in an invite-only room a newer grant is the evidence that
+/// ends a removed member's place on a relay, and it may arrive after the
+/// removal itself). Logs and profiles cannot.
 pub fn affects_roster(entity: &EntityKey, room: &RoomId) -> bool {
     match entity {
         EntityKey::Room(r)
         | EntityKey::Member(r, _)
         | EntityKey::Channel(r, _)
         | EntityKey::Cutoff(r, _) => r == room,
-        EntityKey::Sealed(_) => true,
-        EntityKey::Profile(_) | EntityKey::Log(_) | EntityKey::Grant(_) => false,
+        EntityKey::Sealed(_) | EntityKey::Grant(_) => true,
+        EntityKey::Profile(_) | EntityKey::Log(_) => false,
     }
 }
 
@@ -65,12 +68,26 @@ pub const MAX_EVIDENCE: usize = tincan_media::control::MAX_EVIDENCE_RECORDS;
 /// they give the relay the same answer our gate gives: a kick, a ban or a
 /// leave is newer than the membership the proof showed. At most
 /// [`MAX_EVIDENCE`] records; the newest memberships are kept.
+///
+/// An invite-only room's memberships and channels are sealed, so a relay
+/// could read none of them; there the evidence is the room's record and the
+/// owner's newest `KeyGrant` (the owner starts a new epoch on every kick,
+/// ban or leave): the relay then refuses every older epoch's relay token,
+/// which is all a removed member holds.
 pub fn evidence_against(
     store: &Store,
     room: RoomId,
     channel: ChannelId,
     user: &UserId,
 ) -> Result<Vec<Vec<u8>>, StorageError> {
+    if let Some(view) = store.room(&room)?
+        && view.room.settings.join_policy == tincan_core::JoinPolicy::Invite
+    {
+        let mut out = Vec::new();
+        out.extend(store.record(&view.record)?.map(|r| r.to_bytes()));
+        out.extend(store.newest_grant(&room)?.map(|r| r.to_bytes()));
+        return Ok(out);
+    }
     let items = store.room_sync_items(&room)?;
     let ids: Vec<_> = items
         .iter()
@@ -186,7 +203,8 @@ mod tests {
         let relay = Store::in_memory(StoreConfig::default()).unwrap();
         let mut records: Vec<SignedRecord> = proof
             .iter()
-            .chain(&evidence)
+            .map(|item| item.record().expect("an open room's proof is records"))
+            .chain(evidence.iter().map(Vec::as_slice))
             .map(|b| SignedRecord::from_bytes(b).unwrap())
             .collect();
         parents_first(&mut records);
