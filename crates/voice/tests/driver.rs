@@ -40,12 +40,18 @@ struct Out {
 
 impl SignalOut for Out {
     fn publish(&self, _room: RoomId, signal: Vec<u8>) {
-        let nodes = self.bus.nodes.lock().unwrap().clone();
-        for (peer, driver) in nodes {
-            if peer != self.me {
-                driver.handle_signal(self.me, signal.clone());
+        // Delivered after 20 ms, as gossip would be (and so that a node
+        // whose driver has just started is on the bus by then).
+        let (bus, me) = (self.bus.clone(), self.me);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let nodes = bus.nodes.lock().unwrap().clone();
+            for (peer, driver) in nodes {
+                if peer != me {
+                    driver.handle_signal(me, signal.clone());
+                }
             }
-        }
+        });
     }
 }
 
