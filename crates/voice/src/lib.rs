@@ -15,6 +15,7 @@
 
 pub mod candidates;
 pub mod config;
+pub mod driver;
 pub mod frame;
 pub mod gate;
 pub mod keys;
