@@ -189,6 +189,25 @@ pub fn run_json(t: &Tincan, ns: &str, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
 }
 
+/// Runs `tincan room join ROOM` for `t` inside `ns` until it succeeds (the
+/// room has reached the node, by gossip, sync or the DHT) or `limit`
+/// passes; None then.
+pub fn join_when_it_arrives(
+    t: &Tincan,
+    ns: &str,
+    room: &str,
+    limit: std::time::Duration,
+) -> Option<()> {
+    crate::eventually(limit, || {
+        let out = t
+            .cmd_in(Some(ns))
+            .args(["room", "join", room, "--json"])
+            .output()
+            .ok()?;
+        out.status.success().then_some(())
+    })
+}
+
 /// A home network as the NAT matrix builds it: what stands between a
 /// player's host and the public segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,7 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use tincan_tests::netns::{Home, nat_lab, run_json, start_bootstrap, start_bootstrap_with};
+use tincan_tests::netns::{
+    Home, join_when_it_arrives, nat_lab, run_json, start_bootstrap, start_bootstrap_with,
+};
 use tincan_tests::voice::{received_correlation, write_speech};
 use tincan_tests::{RunningNode, Tincan, eventually, netns_unavailable};
 
@@ -84,14 +86,7 @@ fn pair(tag: &str, home_a: Home, home_b: Home) -> PairResult {
         .as_str()
         .unwrap()
         .to_owned();
-    let joined = eventually(LIMIT, || {
-        let out = bob
-            .cmd_in(Some(ns_b))
-            .args(["room", "join", &room, "--json"])
-            .output()
-            .ok()?;
-        out.status.success().then_some(())
-    });
+    let joined = join_when_it_arrives(&bob, ns_b, &room, LIMIT);
     let room_after = started.elapsed();
     let alice_id = alice.json(&["id"])["node_id"].as_str().unwrap().to_owned();
     assert!(
@@ -267,15 +262,7 @@ fn symmetric_players_stay_in_sync_across_circuit_renewals_and_a_bootstrap_restar
         .as_str()
         .unwrap()
         .to_owned();
-    eventually(LIMIT, || {
-        let out = bob
-            .cmd_in(Some(ns_b))
-            .args(["room", "join", &room, "--json"])
-            .output()
-            .ok()?;
-        out.status.success().then_some(())
-    })
-    .expect("bob never got the room");
+    join_when_it_arrives(&bob, ns_b, &room, LIMIT).expect("bob never got the room");
     let mut boot = Some(boot);
     let phase = |label: &str, secs: u64, boot_note: &str| {
         let start = Instant::now();

@@ -15,7 +15,9 @@
 
 use std::time::{Duration, Instant};
 
-use tincan_tests::netns::{Home, Kill, in_ns, nat_lab_on, run_json, start_bootstrap};
+use tincan_tests::netns::{
+    Home, Kill, in_ns, join_when_it_arrives, nat_lab_on, run_json, start_bootstrap,
+};
 use tincan_tests::{RunningNode, Tincan, eventually, netns_unavailable};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -152,15 +154,7 @@ fn reached_directly(tag: &str, protocol: Mapping) {
         .as_str()
         .unwrap()
         .to_owned();
-    eventually(LIMIT, || {
-        let out = bob
-            .cmd_in(Some(ns_b))
-            .args(["room", "join", &room, "--json"])
-            .output()
-            .ok()?;
-        out.status.success().then_some(())
-    })
-    .expect("bob never got alice's room");
+    join_when_it_arrives(&bob, ns_b, &room, LIMIT).expect("bob never got alice's room");
     let room_after = started.elapsed();
     let bob_id = bob.json(&["id"])["node_id"].as_str().unwrap().to_owned();
     // alice's path to bob: direct once alice dials bob's mapped address
