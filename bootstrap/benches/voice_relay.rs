@@ -16,8 +16,9 @@
 //! per copy is highest at such rates, where quinn cannot pack several
 //! datagrams into one packet.
 //!
-//! Each sender sends 73-byte voice datagrams (13-byte header, 60 bytes of
-//! payload, as a 10 ms Opus frame at about 48 kbit/s) at an even rate, so
+//! Each sender sends 82-byte voice datagrams sealed as nodes seal them
+//! (13-byte header, key id, 60 bytes of Opus payload as a 10 ms frame at
+//! about 48 kbit/s, 8-byte tag) at an even rate, so
 //! that the relay is offered `--rate` forwarded copies a second in all
 //! (each upload goes to the N - 1 + M other members). Printed per run,
 //! over the measured window after a second of warm-up:
@@ -45,9 +46,12 @@ use tincan_bootstrap::voice_relay::{VoiceRelay, VoiceRelaySettings, VoiceRelaySt
 use tincan_core::permissions::default_permissions;
 use tincan_core::{ChannelId, Hlc, NodeBinding, NodeKey, RoomSettings, UserKey, make};
 use tincan_media::control::{Hello, MAX_PROOF_RECORDS};
+use tincan_media::protocol::set_speaker;
 use tincan_media::relay_client::{RelayAddr, RelaySession};
-use tincan_media::{EndpointConfig, VoiceDatagram, VoiceEndpoint};
+use tincan_media::{EndpointConfig, VoiceEndpoint};
 use tincan_store::{Store, StoreConfig};
+use tincan_voice::frame::{FrameKey, PlainFrame, seal_frame};
+use tincan_voice::protocol::SENDER_KEY_LEN;
 use tokio::sync::{mpsc, oneshot};
 
 struct Options {
@@ -310,21 +314,31 @@ async fn run(n: usize, m: usize, o: &Options) -> Row {
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let (mut owed, mut seq) = (0.0f64, 0u32);
-            let mut frame = VoiceDatagram {
-                speaker: s.speaker(),
-                payload: vec![0x5A; 60],
-                ..VoiceDatagram::default()
-            };
+            // Frames as nodes send them: Opus-sized, sealed end to end
+            // with a sender key (the relay forwards only sealed frames).
+            let key = FrameKey::derive(&[0x5A; SENDER_KEY_LEN], 1);
+            let (payload, mut sealed) = (vec![0x5A; 60], Vec::with_capacity(128));
             loop {
                 tick.tick().await;
                 owed += per_tick;
                 // Bounded: at most one tick's worth plus the fraction owed.
                 while owed >= 1.0 {
                     owed -= 1.0;
-                    frame.sequence = seq;
-                    frame.timestamp = seq.wrapping_mul(480);
+                    sealed.clear();
+                    let plain = PlainFrame {
+                        sequence: seq,
+                        timestamp: seq.wrapping_mul(480),
+                        end_of_spurt: false,
+                        payload: &payload,
+                        redundant: None,
+                    };
                     seq = seq.wrapping_add(1);
-                    s.send(&frame);
+                    if seal_frame(&key, &plain, &mut sealed).is_ok()
+                        && set_speaker(&mut sealed, s.speaker())
+                    {
+                        s.connection()
+                            .send_encoded(bytes::Bytes::copy_from_slice(&sealed));
+                    }
                 }
             }
         }));

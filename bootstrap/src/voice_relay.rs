@@ -190,13 +190,9 @@ impl VoiceRelaySettings {
     pub fn new(listen: SocketAddr) -> Self {
         VoiceRelaySettings {
             listen,
-            limits: RelayConfig {
-                // Today's nodes send plaintext (version 1) frames: the relay
-                // forwards them until the node's driver seals every frame
-                // (issue 13 phase 2), then this default goes.
-                sealed_only: false,
-                ..RelayConfig::default()
-            },
+            // Forwards only frames sealed end to end (every node seals
+            // them): plaintext would let the relay hear the channel.
+            limits: RelayConfig::default(),
             max_connections: 1024,
             handshake_timeout: Duration::from_secs(5),
             stats_interval: Duration::from_secs(60),

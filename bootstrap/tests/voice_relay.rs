@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tincan_bootstrap::voice_relay::{VoiceRelay, VoiceRelaySettings, VoiceRelayStats};
 use tincan_core::permissions::default_permissions;
 use tincan_core::{
@@ -15,8 +16,9 @@ use tincan_core::{
 use tincan_media::control::{
     Answer, Hello, MAX_CONTROL_MESSAGE, MAX_PROOF_RECORDS, Request, read_message, write_message,
 };
+use tincan_media::protocol::{SEALED_VERSION, VoiceHeader};
 use tincan_media::relay_client::{RelayAddr, RelayClientError, RelaySession, observe_address};
-use tincan_media::{EndpointConfig, VoiceDatagram, VoiceDatagramRef, VoiceEndpoint};
+use tincan_media::{EndpointConfig, VoiceDatagram, VoiceEndpoint};
 use tincan_store::{Store, StoreConfig};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -167,16 +169,31 @@ impl Player {
     }
 }
 
-fn frame(speaker: u16, sequence: u32) -> VoiceDatagram {
-    VoiceDatagram {
+/// A frame as nodes send it: sealed end to end (version 2). A relay reads
+/// its header only; the body (key id, payload, tag) is ciphertext to it, so
+/// made-up bytes stand for what a member sealed.
+fn frame(speaker: u16, sequence: u32) -> Bytes {
+    let header = VoiceHeader {
+        version: SEALED_VERSION,
+        flags: 0,
         channel: 0,
         speaker,
         sequence,
         timestamp: sequence * 480,
-        end_of_spurt: false,
-        payload: vec![sequence as u8; 60],
-        redundant: None,
-    }
+    };
+    let mut bytes = header.to_bytes().to_vec();
+    bytes.push(1);
+    bytes.extend_from_slice(&[sequence as u8; 60]);
+    bytes.extend_from_slice(&[0xa5; TAG_LEN]);
+    Bytes::from(bytes)
+}
+
+/// The length of a sealed frame's tag.
+const TAG_LEN: usize = 8;
+
+/// Sends a frame on the relay session now or drops it.
+fn send(session: &RelaySession, frame: Bytes) -> bool {
+    session.connection().send_encoded(frame)
 }
 
 /// Waits until `table` of `session` satisfies `ok`.
@@ -221,8 +238,17 @@ async fn receive(session: &RelaySession, n: usize) -> Vec<(u16, u32, Vec<u8>)> {
             .await
             .unwrap_or_else(|_| panic!("only {} of {n} frames arrived", got.len()))
             .expect("session alive");
-        let d = VoiceDatagramRef::parse(&bytes).expect("the relay forwards valid frames");
-        got.push((d.speaker, d.sequence, d.payload.to_vec()));
+        let (h, body) = VoiceHeader::parse(&bytes).expect("the relay forwards valid frames");
+        assert_eq!(
+            h.version, SEALED_VERSION,
+            "the relay forwards sealed frames only"
+        );
+        // Key id, payload, tag: the payload is what the member sealed.
+        got.push((
+            h.speaker,
+            h.sequence,
+            body[1..body.len() - TAG_LEN].to_vec(),
+        ));
     }
     got
 }
@@ -231,7 +257,7 @@ async fn nothing_arrives(session: &RelaySession) {
     if let Ok(Ok(bytes)) = tokio::time::timeout(Duration::from_millis(300), session.recv()).await {
         panic!(
             "unexpected frame {:?}",
-            VoiceDatagramRef::parse(&bytes).map(|d| (d.speaker, d.sequence))
+            VoiceHeader::parse(&bytes).map(|(h, _)| (h.speaker, h.sequence))
         );
     }
 }
@@ -271,7 +297,7 @@ async fn three_members_hear_the_speaker_through_the_relay_with_its_assigned_inde
     // Datagrams are unreliable by design, but 20 small ones 2 ms apart on
     // loopback are not lost: a loss here would be a finding.
     for seq in 0..20 {
-        assert!(a.send(&frame(a.speaker(), seq)));
+        assert!(send(&a, frame(a.speaker(), seq)));
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     for listener in [&b, &c] {
@@ -421,14 +447,48 @@ async fn a_wrong_speaker_index_is_dropped_and_counted() {
     let c = carol.join(&w, &addr).await;
     // Bob speaks in carol's name, then in his own.
     for seq in 0..5 {
-        assert!(b.send(&frame(c.speaker(), seq)));
+        assert!(send(&b, frame(c.speaker(), seq)));
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    assert!(b.send(&frame(b.speaker(), 99)));
+    assert!(send(&b, frame(b.speaker(), 99)));
     let got = receive(&c, 1).await;
     assert_eq!((got[0].0, got[0].1), (b.speaker(), 99));
     let s = stats_become(&relay, |s| s.relay.received == 6).await;
     assert_eq!(s.relay.dropped_wrong_speaker, 5);
+    assert_eq!(s.relay.forwarded, 1);
+    nothing_arrives(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_frames_are_dropped_and_counted() {
+    // The relay as the bootstrap binary runs it: a member whose node sends
+    // plaintext (an old node, or one that does not play along) would let
+    // the relay, and anyone it forwards to, hear the channel.
+    let (relay, addr) = start(settings());
+    let w = world();
+    let (bob, carol) = (player(2), player(3));
+    bob.joins(&w);
+    carol.joins(&w);
+    let b = bob.join(&w, &addr).await;
+    let c = carol.join(&w, &addr).await;
+    for seq in 0..5 {
+        let plain = VoiceDatagram {
+            channel: 0,
+            speaker: b.speaker(),
+            sequence: seq,
+            timestamp: seq * 480,
+            end_of_spurt: false,
+            payload: vec![seq as u8; 60],
+            redundant: None,
+        };
+        assert!(b.send(&plain));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(send(&b, frame(b.speaker(), 9)));
+    let got = receive(&c, 1).await;
+    assert_eq!((got[0].0, got[0].1), (b.speaker(), 9));
+    let s = stats_become(&relay, |s| s.relay.received == 6).await;
+    assert_eq!(s.relay.dropped_plaintext, 5);
     assert_eq!(s.relay.forwarded, 1);
     nothing_arrives(&c).await;
 }
@@ -448,7 +508,7 @@ async fn the_rate_cap_drops_and_counts() {
     // 30 frames in about 60 ms: the burst of 5 passes, the refill at 10 a
     // second adds at most one more.
     for seq in 0..30 {
-        assert!(b.send(&frame(b.speaker(), seq)));
+        assert!(send(&b, frame(b.speaker(), seq)));
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let s = stats_become(&relay, |s| s.relay.received == 30).await;
@@ -762,7 +822,7 @@ async fn a_member_of_an_invite_only_room_is_admitted_with_grant_and_token() {
         .await
         .expect("a member of an invite-only room is welcome");
     table_becomes(&b, |t| t.values().any(|u| *u == alice.user.id())).await;
-    assert!(a.send(&frame(a.speaker(), 1)));
+    assert!(send(&a, frame(a.speaker(), 1)));
     let got = receive(&b, 1).await;
     assert_eq!(got[0].1, 1);
     assert_eq!(relay.stats().joins_accepted, 2);

@@ -772,6 +772,12 @@ fn voice_status(ctx: &Ctx) -> Result<()> {
             view.frames_received,
             view.frames_refused,
         );
+        if view.frames_withheld > 0 {
+            s += &format!(
+                ", withheld {} (you may not speak in this channel)",
+                view.frames_withheld
+            );
+        }
         for (user, speaking) in &view.participants {
             s += &format!(
                 "\n  {} {}",

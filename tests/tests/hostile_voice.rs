@@ -209,7 +209,11 @@ fn a_non_member_with_a_high_peer_id_gets_no_voice_and_is_shown_nowhere() {
                     .unwrap()
                     .as_millis() as u64,
             };
-            if matches!(mesh.publish_signal(room, presence.encode()).await, Ok(true)) {
+            // In the session's own signal format, as a member's node sends it.
+            let signal = tincan_voice::protocol::VoiceSignal::Presence(presence)
+                .encode()
+                .unwrap();
+            if matches!(mesh.publish_signal(room, signal).await, Ok(true)) {
                 published += 1;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;

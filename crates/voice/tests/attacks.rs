@@ -447,3 +447,51 @@ fn an_unasked_welcome_gives_no_link() {
     assert_eq!(c.members[0].session.links().count(), 0);
     c.run_until(ms(50));
 }
+
+#[test]
+fn a_listener_who_sends_anyway_is_heard_by_no_one() {
+    let mut c = Channel::new(97, 3, clean(), SessionConfig::default());
+    c.speak_all(ms(500));
+    c.run_until(ms(2500));
+    assert!(c.linked(0, 1) && c.linked(0, 2) && c.linked(1, 2));
+    // The owner makes member 2 a listener; member 2's node does not play
+    // along (it keeps the roster in which it may speak, so it sends on).
+    let listener = c.members[2].user_id();
+    let mut roster = c.roster.clone();
+    roster.users.insert(
+        listener,
+        tincan_voice::RosterEntry {
+            member: true,
+            may_listen: true,
+            may_speak: false,
+        },
+    );
+    c.push_roster(roster, &[0, 1]);
+    let delivered: Vec<usize> = c.members.iter().map(|m| m.delivered.len()).collect();
+    let forbidden: Vec<u64> = c
+        .members
+        .iter()
+        .map(|m| m.session.stats().dropped_forbidden)
+        .collect();
+    c.run_until(ms(5500));
+    for i in 0..2 {
+        let after = &c.members[i].delivered[delivered[i]..];
+        assert!(
+            after.iter().all(|(user, _, _)| *user != listener),
+            "{i} delivered the listener's voice to its audio"
+        );
+        assert!(
+            after.iter().any(|(user, _, _)| *user != listener),
+            "{i} stopped hearing the speaker who may speak"
+        );
+        let dropped = c.members[i].session.stats().dropped_forbidden - forbidden[i];
+        // 3 s of 20 ms frames: 150 sent by the listener.
+        assert!(dropped > 100, "{i} dropped only {dropped} of its frames");
+        // A listener still listens: its link stays.
+        assert!(c.linked(i, 2), "{i} dropped the listener's link");
+    }
+    assert!(
+        c.members[2].delivered.len() > delivered[2],
+        "the listener no longer hears"
+    );
+}
