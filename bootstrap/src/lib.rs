@@ -466,6 +466,11 @@ fn voice_metric_samples(s: &voice_relay::VoiceRelayStats) -> Vec<tincan_mesh::me
             "Connections that sent no readable request in time",
             s.handshakes_failed,
         ),
+        Sample::counter(
+            "tincan_voice_relay_members_removed",
+            "Members disconnected because their room removed them (a newer key epoch, or evidence)",
+            s.members_removed,
+        ),
     ]
 }
 

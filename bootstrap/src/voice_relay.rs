@@ -227,6 +227,9 @@ pub struct VoiceRelayStats {
     pub connections_refused: u64,
     /// Connections that never sent a readable request in time.
     pub handshakes_failed: u64,
+    /// Members disconnected because the room removed them: a newer key
+    /// epoch they showed no token of, or evidence their gate refuses.
+    pub members_removed: u64,
 }
 
 struct Member {
@@ -260,9 +263,10 @@ struct KnownEpoch {
 /// How long a member admitted with an older epoch's token has to show the
 /// newer epoch's ([`MemberMessage::Token`]) once the relay learns of it,
 /// before it is dropped: short enough that a removed member is gone within
-/// a second, long enough for a member's node that holds the new key to
-/// answer.
-pub const SHOW_NEW_TOKEN_WITHIN: Duration = Duration::from_millis(500);
+/// a few seconds, long enough for the owner's grant to reach the other
+/// members' nodes by gossip (the relay usually learns of it from the
+/// owner's node first) and for them to answer.
+pub const SHOW_NEW_TOKEN_WITHIN: Duration = Duration::from_secs(2);
 
 /// Signed records members sent against others of a group ([`Evidence`]):
 /// every later join to the group, and every member at each new piece of
@@ -351,6 +355,7 @@ struct Shared {
     observed: AtomicU64,
     connections_refused: AtomicU64,
     handshakes_failed: AtomicU64,
+    members_removed: AtomicU64,
 }
 
 impl Shared {
@@ -373,6 +378,7 @@ impl Shared {
             observed: self.observed.load(Ordering::Relaxed),
             connections_refused: self.connections_refused.load(Ordering::Relaxed),
             handshakes_failed: self.handshakes_failed.load(Ordering::Relaxed),
+            members_removed: self.members_removed.load(Ordering::Relaxed),
         }
     }
 }
@@ -422,6 +428,7 @@ impl VoiceRelay {
             observed: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
             handshakes_failed: AtomicU64::new(0),
+            members_removed: AtomicU64::new(0),
             settings,
         });
         let mut tasks = vec![tokio::spawn(accept_loop(endpoint.clone(), shared.clone()))];
@@ -503,6 +510,7 @@ fn log_stats(s: &VoiceRelayStats) {
         send_failed = s.send_failed,
         joins_accepted = s.joins_accepted,
         joins_refused = s.joins_refused,
+        members_removed = s.members_removed,
         observed = s.observed,
         "voice relay counters"
     );
@@ -1030,6 +1038,7 @@ fn sweep_older_epochs(shared: &Arc<Shared>, room: RoomId) {
             if m.room == room && m.epoch.is_some_and(|e| e < known.epoch) {
                 tracing::info!(user = %m.user.fingerprint(), epoch = ?m.epoch, newest = known.epoch, "voice relay: a member on a superseded key epoch is disconnected");
                 m.conn.close();
+                shared.members_removed.fetch_add(1, Ordering::Relaxed);
             }
         }
     });
@@ -1209,6 +1218,7 @@ async fn on_evidence(shared: &Arc<Shared>, from: ConnId, evidence: Evidence) {
         if let Some(m) = state.members.get(&c) {
             tracing::info!(user = %user.fingerprint(), "voice relay: a member the evidence refuses is disconnected");
             m.conn.close();
+            shared.members_removed.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

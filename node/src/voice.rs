@@ -186,6 +186,9 @@ pub struct VoiceView {
     /// Evidence messages sent to the relay against speakers our gate
     /// refuses.
     pub relay_evidence_sent: u64,
+    /// Relay tokens of a new key epoch shown to the relay (invite-only
+    /// rooms start one at each kick, ban or leave).
+    pub relay_tokens_shown: u64,
     /// Presences not admitted: from nodes whose user may not be in the
     /// channel they name (never dialled, punched to, or shown).
     pub presences_refused: u64,
@@ -685,6 +688,7 @@ impl Voice {
             + st.dropped_forbidden
             + st.dropped_bad_tag;
         view.relay_evidence_sent = s.evidence_sent;
+        view.relay_tokens_shown = s.tokens_shown;
         let counters = driver.engine().counters();
         view.frames_sent = st.frames_sent;
         view.frames_withheld = st.frames_not_allowed;

@@ -18,8 +18,10 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// `tincan up` on loopback only, without mDNS, its local API on any free
-/// port: what tests run outside the network namespaces they create.
+/// `tincan up` on loopback only (mesh and voice socket), without mDNS, its
+/// local API on any free port: what tests run outside the network
+/// namespaces they create. (A voice socket bound to all interfaces takes
+/// no loopback candidates: see `tincan_voice::candidates`.)
 pub const LOOPBACK_UP: &[&str] = &[
     "up",
     "--no-mdns",
@@ -28,6 +30,8 @@ pub const LOOPBACK_UP: &[&str] = &[
     "--advertise-listen-addrs",
     "--api-port",
     "0",
+    "--voice-listen",
+    "127.0.0.1:0",
 ];
 
 /// A running `tincan up` whose stderr is read line by line as it comes.
@@ -335,4 +339,99 @@ pub fn first_stdout_line(child: &mut std::process::Child) -> String {
         }
     });
     first.trim().to_owned()
+}
+
+/// A `tincan-bootstrap` process on loopback with its voice relay and its
+/// metrics endpoint on, as an operator runs one. Stopped on drop.
+pub struct LoopbackRelay {
+    /// Its mesh address, for `--bootstrap`.
+    pub mesh_addr: String,
+    /// Its voice relay, for `--voice-relay` (`127.0.0.1:PORT/PEERID`).
+    pub relay: String,
+    /// Its metrics endpoint (`127.0.0.1:PORT`).
+    pub metrics: String,
+    _process: netns::Kill,
+}
+
+impl LoopbackRelay {
+    /// Starts one with its files in `dir`.
+    pub fn start(dir: &Path) -> Self {
+        use std::io::BufRead;
+        std::fs::create_dir_all(dir).expect("create the bootstrap's directory");
+        let config = dir.join("bootstrap.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "key_file = {:?}\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n\
+                 [voice_relay]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+                dir.join("boot.key")
+            ),
+        )
+        .expect("write the bootstrap's configuration");
+        let mut child = Command::new(workspace_bin("tincan-bootstrap"))
+            .args(["--config", config.to_str().expect("a UTF-8 path")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start tincan-bootstrap (cargo build --workspace --bins first)");
+        let mesh_addr = first_stdout_line(&mut child);
+        let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr piped"));
+        let (mut metrics, mut relay) = (None, None);
+        for _ in 0..20 {
+            let mut line = String::new();
+            if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            if let Some(rest) = line.split("metrics on http://").nth(1) {
+                metrics = rest.split('/').next().map(str::to_owned);
+            }
+            if let Some(rest) = line.split("players use --voice-relay ").nth(1) {
+                relay = Some(
+                    rest.trim()
+                        .replace("<this server's public IP>", "127.0.0.1"),
+                );
+            }
+            if metrics.is_some() && relay.is_some() {
+                break;
+            }
+        }
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while stderr.read_line(&mut sink).unwrap_or(0) > 0 {
+                sink.clear();
+            }
+        });
+        LoopbackRelay {
+            mesh_addr,
+            relay: relay.expect("the bootstrap node printed no voice relay"),
+            metrics: metrics.expect("the bootstrap node printed no metrics address"),
+            _process: netns::Kill(child),
+        }
+    }
+}
+
+/// The text a metrics endpoint (`HOST:PORT`) serves at `/metrics`.
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("set a read timeout");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read the answer");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+/// The value of the sample `series` (name and labels as printed) in
+/// metrics `text`, or 0.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }

@@ -126,16 +126,7 @@ fn websocket_first_message(api: &str, host: &str, path: &str) -> (u16, Option<Va
 
 fn start_voice_node(t: &Tincan) -> RunningNode {
     let mut args = LOOPBACK_UP.to_vec();
-    args.extend([
-        "--voice-listen",
-        "127.0.0.1:0",
-        "--gate",
-        "open",
-        "--input",
-        "null",
-        "--output",
-        "null",
-    ]);
+    args.extend(["--gate", "open", "--input", "null", "--output", "null"]);
     RunningNode::start(t, &args)
 }
 

@@ -86,7 +86,6 @@ fn measure(label: &str, ns: Option<(&str, &str)>, extra: &[&str]) {
     if ns.is_none() {
         for args in [&mut a_args, &mut b_args] {
             args.extend(tincan_tests::LOOPBACK_UP[1..].iter().copied());
-            args.extend(["--voice-listen", "127.0.0.1:0"]);
         }
     }
     a_args.extend_from_slice(extra);

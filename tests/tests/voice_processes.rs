@@ -13,7 +13,6 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 fn up_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = LOOPBACK_UP.to_vec();
-    v.extend(["--voice-listen", "127.0.0.1:0"]);
     v.extend_from_slice(extra);
     v
 }

@@ -96,8 +96,20 @@ fn web_panel_two_nodes_in_chromium() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
+    let passed = out.status.success() && stdout.contains("web ui: all checks passed");
+    if !passed {
+        // What each node's voice session says, to tell a panel bug from a
+        // node bug.
+        for (name, t) in [("a", &a_id), ("b", &b_id)] {
+            let out = t.run(&["status", "--json"]);
+            println!(
+                "node {name} status: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
     assert!(
-        out.status.success() && stdout.contains("web ui: all checks passed"),
+        passed,
         "the web panel test failed ({}):\n{stdout}\n{stderr}",
         out.status
     );

@@ -156,6 +156,9 @@ pub struct DriverStatus {
     pub overflow: u64,
     /// Evidence messages sent to the relay.
     pub evidence_sent: u64,
+    /// Relay tokens of a new key epoch shown to the relay (invite-only
+    /// rooms: each kick, ban or leave starts one).
+    pub tokens_shown: u64,
     /// The session has ended (we left, or the roster refused us).
     pub ended: bool,
 }
@@ -192,7 +195,8 @@ enum Io {
         peer: PeerId,
         result: Dialled,
     },
-    RelayJoined(Box<RelaySession>),
+    /// Joined, in an invite-only room with the relay token of this epoch.
+    RelayJoined(Box<RelaySession>, Option<u32>),
     RelayFailed(String),
     RelayUpdate {
         link: u64,
@@ -305,6 +309,7 @@ impl VoiceDriver {
             overflow: overflow.clone(),
             evidence_at: HashMap::new(),
             evidence_sent: 0,
+            tokens_shown: 0,
         };
         let task = tokio::spawn(run.run(commands_rx, io_rx, packets, store.subscribe()));
         Ok(VoiceDriver {
@@ -594,6 +599,9 @@ struct RelayIo {
     session: Box<RelaySession>,
     tasks: Vec<tokio::task::AbortHandle>,
     rates: Rates,
+    /// In an invite-only room, the epoch whose relay token the relay has
+    /// seen from us (at the join, or since in a `MemberMessage::Token`).
+    epoch: Option<u32>,
 }
 
 impl Drop for RelayIo {
@@ -626,6 +634,8 @@ struct Run {
     overflow: Arc<std::sync::atomic::AtomicU64>,
     evidence_at: HashMap<UserId, Instant>,
     evidence_sent: u64,
+    /// Relay tokens of new epochs shown to the relay.
+    tokens_shown: u64,
 }
 
 impl Drop for Run {
@@ -806,9 +816,11 @@ impl Run {
                     }
                 }
             }
-            Io::RelayJoined(relay) => {
+            Io::RelayJoined(relay, epoch) => {
                 self.relay_join = None;
-                self.relay_up(relay, now);
+                self.relay_up(relay, epoch, now);
+                // A grant may have arrived while we joined.
+                self.show_relay_token();
             }
             Io::RelayFailed(e) => {
                 self.relay_join = None;
@@ -839,6 +851,47 @@ impl Run {
         match roster_from_store(&self.store, self.room, self.channel) {
             Ok(roster) => self.push_roster(roster),
             Err(e) => tracing::warn!("cannot read the voice channel's roster: {e}"),
+        }
+        self.show_relay_token();
+    }
+
+    /// In an invite-only room, once our store holds the key of an epoch
+    /// newer than the one the relay saw from us (the owner removed someone
+    /// and granted a new epoch to those who stay): sends the relay the
+    /// owner's grant of it, which supersedes every older epoch's token,
+    /// then our token of it, so that the relay keeps us and drops whoever
+    /// cannot show one. The grant goes first: a relay takes a token only
+    /// of an epoch it knows.
+    fn show_relay_token(&mut self) {
+        let Some(relay) = &mut self.relay else { return };
+        let Some(shown) = relay.epoch else { return };
+        let token = match self.store.relay_token(&self.room) {
+            Ok(Some(t)) if t.epoch > shown => t,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!("cannot read the room's relay token: {e}");
+                return;
+            }
+        };
+        let evidence = match evidence_against(&self.store, self.room, self.channel, &self.user) {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::warn!("cannot read the room's newest grant: {e}");
+                return;
+            }
+        };
+        let epoch = token.epoch;
+        if relay
+            .session
+            .send_message(&MemberMessage::Evidence(Evidence { records: evidence }))
+            && relay.session.send_message(&MemberMessage::Token(token))
+        {
+            relay.epoch = Some(epoch);
+            self.tokens_shown += 1;
+            tracing::info!(
+                epoch,
+                "showed the relay our token of the room's new key epoch"
+            );
         }
     }
 
@@ -904,6 +957,7 @@ impl Run {
             stats: self.session.stats().clone(),
             overflow: 0,
             evidence_sent: self.evidence_sent,
+            tokens_shown: self.tokens_shown,
             ended: self.session.is_ended(),
         };
     }
@@ -933,7 +987,7 @@ impl Run {
         }
     }
 
-    fn relay_up(&mut self, mut relay: Box<RelaySession>, now: Duration) {
+    fn relay_up(&mut self, mut relay: Box<RelaySession>, epoch: Option<u32>, now: Duration) {
         let id = self.next_link;
         self.next_link += 1;
         let mut tasks = Vec::new();
@@ -973,6 +1027,7 @@ impl Run {
             session: relay,
             tasks,
             rates: Rates::default(),
+            epoch,
         });
         if !is_private(observed.ip()) {
             self.session.handle_reflexive(observed, now);
@@ -1038,7 +1093,7 @@ impl Run {
                         tokio::spawn(async move {
                             let event =
                                 match join_relay(&endpoint, &store, &relays, &user, hello).await {
-                                    Ok(s) => Io::RelayJoined(Box::new(s)),
+                                    Ok((s, epoch)) => Io::RelayJoined(Box::new(s), epoch),
                                     Err(e) => Io::RelayFailed(e),
                                 };
                             let _ = io.send(event).await;
@@ -1230,20 +1285,26 @@ async fn dial(
 
 /// Joins the first relay that takes us, proving our membership with the
 /// signed records of our store: the one place the relay's proof is built.
+/// In an invite-only room, also the epoch of the relay token the proof
+/// showed.
 async fn join_relay(
     endpoint: &VoiceEndpoint,
     store: &Store,
     relays: &[RelayAddr],
     user: &UserId,
     mut hello: Hello,
-) -> Result<RelaySession, String> {
+) -> Result<(RelaySession, Option<u32>), String> {
     hello.proof = store
         .membership_proof(&hello.room, user, &hello.channel, MAX_PROOF_RECORDS)
         .map_err(|e| format!("cannot prove membership to the relay: {e}"))?;
+    let epoch = hello.proof.iter().find_map(|item| match item {
+        tincan_core::ProofItem::Token(t) => Some(t.epoch),
+        tincan_core::ProofItem::Record(_) => None,
+    });
     let mut last = "no voice relay configured".to_owned();
     for relay in relays {
         match RelaySession::join(endpoint, relay, hello.clone()).await {
-            Ok(s) => return Ok(s),
+            Ok(s) => return Ok((s, epoch)),
             Err(e) => last = format!("{}: {e}", relay.addr),
         }
     }
