@@ -447,6 +447,12 @@ fn voice_metric_samples(s: &voice_relay::VoiceRelayStats) -> Vec<tincan_mesh::me
             s.send_failed,
         )
         .with_label("reason", "send_failed"),
+        Sample::counter(
+            "tincan_voice_relay_datagrams_dropped",
+            dropped,
+            s.held_superseded,
+        )
+        .with_label("reason", "superseded_epoch"),
         Sample::counter("tincan_voice_relay_joins", joins, s.joins_accepted)
             .with_label("outcome", "accepted"),
         Sample::counter("tincan_voice_relay_joins", joins, s.joins_refused)

@@ -211,6 +211,10 @@ pub struct VoiceRelayStats {
     /// Copies quinn would not take (the member's connection was closing,
     /// or the datagram was too large for its path).
     pub send_failed: u64,
+    /// Datagrams from, and copies to, members of an invite-only room held
+    /// back because they have not shown the token of its newest key epoch
+    /// (during [`SHOW_NEW_TOKEN_WITHIN`], before they are dropped).
+    pub held_superseded: u64,
     /// Connections open now.
     pub connections: usize,
     /// Voice channels with at least one member now.
@@ -246,6 +250,11 @@ struct Member {
     /// For an invite-only room: the key epoch whose relay token the member
     /// showed (at its join, or since by [`MemberMessage::Token`]).
     epoch: Option<u32>,
+    /// On a superseded epoch: nothing is forwarded from or to it until it
+    /// shows the new token, and it is dropped if it has not within
+    /// [`SHOW_NEW_TOKEN_WITHIN`]. A removed member so hears nothing from
+    /// the moment the relay learns of the new epoch.
+    held: bool,
 }
 
 /// The newest key epoch a relay knows of an invite-only room, from the
@@ -301,6 +310,7 @@ struct State {
     /// Invite-only rooms with a group here: their newest known epoch.
     epochs: HashMap<RoomId, KnownEpoch>,
     send_failed: u64,
+    held_superseded: u64,
 }
 
 impl State {
@@ -370,6 +380,7 @@ impl Shared {
         VoiceRelayStats {
             relay: state.relay.stats().clone(),
             send_failed: state.send_failed,
+            held_superseded: state.held_superseded,
             connections: self.connections.load(Ordering::Relaxed),
             groups: state.relay.group_count(),
             members: state.members.len(),
@@ -418,6 +429,7 @@ impl VoiceRelay {
                 evidence: HashMap::new(),
                 epochs: HashMap::new(),
                 send_failed: 0,
+                held_superseded: 0,
             }),
             started: Instant::now(),
             next_conn: AtomicU64::new(0),
@@ -508,6 +520,7 @@ fn log_stats(s: &VoiceRelayStats) {
         dropped_datagram_rate = s.relay.dropped_datagram_rate,
         dropped_byte_rate = s.relay.dropped_byte_rate,
         send_failed = s.send_failed,
+        held_superseded = s.held_superseded,
         joins_accepted = s.joins_accepted,
         joins_refused = s.joins_refused,
         members_removed = s.members_removed,
@@ -1001,6 +1014,7 @@ fn join_locked(
             updates,
             proof,
             epoch: seen.map(|e| e.epoch),
+            held: false,
         },
     );
     state
@@ -1023,10 +1037,22 @@ fn join_locked(
     ))
 }
 
-/// Once [`SHOW_NEW_TOKEN_WITHIN`] has passed, drops every member of
-/// `room`'s groups still on an older epoch than the newest known: a removed
+/// A newer epoch of `room` is known: holds every member of its groups on
+/// an older one at once (nothing forwarded from or to it), and once
+/// [`SHOW_NEW_TOKEN_WITHIN`] has passed drops those still on it: a removed
 /// member has no key of the new epoch, so it cannot show its token.
 fn sweep_older_epochs(shared: &Arc<Shared>, room: RoomId) {
+    {
+        let mut guard = shared.lock();
+        let state = &mut *guard;
+        if let Some(known) = state.epochs.get(&room).copied() {
+            for m in state.members.values_mut() {
+                if m.room == room && m.epoch.is_some_and(|e| e < known.epoch) {
+                    m.held = true;
+                }
+            }
+        }
+    }
     let shared = shared.clone();
     tokio::spawn(async move {
         tokio::time::sleep(SHOW_NEW_TOKEN_WITHIN).await;
@@ -1057,6 +1083,7 @@ fn on_token(shared: &Shared, from: ConnId, token: EpochToken) {
     };
     if m.epoch.is_some() && token.epoch == known.epoch && token.matches(&known.relay_commit) {
         m.epoch = Some(token.epoch);
+        m.held = false;
     } else {
         tracing::debug!(user = %m.user.fingerprint(), epoch = token.epoch, "voice relay: a relay token that matches no known grant ignored");
     }
@@ -1232,15 +1259,19 @@ fn forward(shared: &Shared, from: ConnId, bytes: bytes::Bytes) {
         relay,
         members,
         send_failed,
+        held_superseded,
         ..
     } = &mut *guard;
+    if members.get(&from).is_some_and(|m| m.held) {
+        *held_superseded += 1;
+        return;
+    }
     if let Forward::To(recipients) = relay.on_datagram(from, &bytes, now) {
         for to in recipients {
-            let sent = members
-                .get(&to)
-                .is_some_and(|m| m.conn.send_encoded(bytes.clone()));
-            if !sent {
-                *send_failed += 1;
+            match members.get(&to) {
+                Some(m) if m.held => *held_superseded += 1,
+                Some(m) if m.conn.send_encoded(bytes.clone()) => {}
+                _ => *send_failed += 1,
             }
         }
     }

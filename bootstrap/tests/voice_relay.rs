@@ -890,6 +890,19 @@ async fn a_kicked_member_of_an_invite_only_room_is_dropped_on_the_newer_grant() 
     let token = bob_store.relay_token(&w.room).unwrap().unwrap();
     assert_eq!(token.epoch, epoch_after);
     assert!(b.send_message(&MemberMessage::Token(token)));
+    // From the newer grant on, carol (no token of it) is held: nothing
+    // from bob reaches her and nothing of hers reaches bob, until she is
+    // dropped.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(send(&b, frame(b.speaker(), 500)));
+    assert!(send(&c, frame(c.speaker(), 501)));
+    nothing_arrives(&c).await;
+    nothing_arrives(&b).await;
+    let held = relay.stats().held_superseded;
+    assert_eq!(
+        held, 2,
+        "one copy to carol and one datagram from her held back"
+    );
     table_becomes(&b, |t| !t.contains_key(&carol_index)).await;
     let took = sent.elapsed();
     println!(
