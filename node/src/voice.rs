@@ -189,6 +189,11 @@ pub struct VoiceView {
     /// Relay tokens of a new key epoch shown to the relay (invite-only
     /// rooms start one at each kick, ban or leave).
     pub relay_tokens_shown: u64,
+    /// What the voice driver adds to each received frame before its jitter
+    /// buffer (task hop, gate, opening), over the newest 1,024 frames.
+    pub receive_delay: tincan_voice::driver::DelayFigures,
+    /// What it adds to each of our frames before quinn (sealing, copies).
+    pub send_delay: tincan_voice::driver::DelayFigures,
     /// Presences not admitted: from nodes whose user may not be in the
     /// channel they name (never dialled, punched to, or shown).
     pub presences_refused: u64,
@@ -689,6 +694,8 @@ impl Voice {
             + st.dropped_bad_tag;
         view.relay_evidence_sent = s.evidence_sent;
         view.relay_tokens_shown = s.tokens_shown;
+        view.receive_delay = s.receive_delay;
+        view.send_delay = s.send_delay;
         let counters = driver.engine().counters();
         view.frames_sent = st.frames_sent;
         view.frames_withheld = st.frames_not_allowed;

@@ -10,6 +10,9 @@
 //!
 //! It includes everything a player hears: the 10 ms frame, Opus lookahead,
 //! the network, the jitter buffer and one 10 ms tick of output buffering.
+//! Between runs it moves by up to 10 ms with the phase of B's playout ticks,
+//! so each case also prints what the voice driver itself adds on each side
+//! (from the nodes' `status`), which has no such phase.
 //!
 //! Run (a release build: the test then starts target/release/tincan):
 //!   cargo build --release --bins
@@ -185,6 +188,19 @@ fn measure(label: &str, ns: Option<(&str, &str)>, extra: &[&str]) {
         latencies.last().copied().unwrap_or(f64::NAN),
         a_status["frames_sent"],
         b_status["frames_received"],
+    );
+    // What the voice driver itself adds (phase-free, unlike the figures
+    // above): A's send path (sealing, copies to quinn), B's receive path
+    // (task hop, gate, opening, into the jitter buffer), microseconds.
+    println!(
+        "FIGURE latency {label}: driver adds, send at A p50 {} p99 {} max {} us; receive at B p50 {} p99 {} max {} us ({} frames)",
+        a_status["send_delay"]["p50_us"],
+        a_status["send_delay"]["p99_us"],
+        a_status["send_delay"]["max_us"],
+        b_status["receive_delay"]["p50_us"],
+        b_status["receive_delay"]["p99_us"],
+        b_status["receive_delay"]["max_us"],
+        b_status["receive_delay"]["samples"],
     );
     assert!(
         latencies.len() * 2 > considered,

@@ -161,6 +161,67 @@ pub struct DriverStatus {
     pub tokens_shown: u64,
     /// The session has ended (we left, or the roster refused us).
     pub ended: bool,
+    /// What the driver adds to a received frame's way to the speaker: from
+    /// the datagram's arrival at the connection's task to the audio
+    /// engine's jitter buffer (the hop to the session's task, the gate,
+    /// opening the frame), over the last [`DELAY_SAMPLES`] frames.
+    pub receive_delay: DelayFigures,
+    /// What the driver adds to one of our frames: from the engine's packet
+    /// reaching the session's task to the datagrams handed to quinn
+    /// (sealing it, one copy per link and the relay).
+    pub send_delay: DelayFigures,
+}
+
+/// Frames the delay figures cover (the newest ones).
+pub const DELAY_SAMPLES: usize = 1024;
+
+/// Percentiles of a delay, microseconds (0 before any sample).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct DelayFigures {
+    /// Samples behind these figures.
+    pub samples: usize,
+    /// Median.
+    pub p50_us: u32,
+    /// 99th percentile.
+    pub p99_us: u32,
+    /// Largest.
+    pub max_us: u32,
+}
+
+/// The newest [`DELAY_SAMPLES`] delays of one kind, in microseconds.
+#[derive(Default)]
+struct DelayRecorder {
+    samples: Vec<u32>,
+    next: usize,
+}
+
+impl DelayRecorder {
+    fn record(&mut self, delay: Duration) {
+        let us = u32::try_from(delay.as_micros()).unwrap_or(u32::MAX);
+        if self.samples.len() < DELAY_SAMPLES {
+            self.samples.push(us);
+        } else {
+            self.samples[self.next] = us;
+        }
+        self.next = (self.next + 1) % DELAY_SAMPLES;
+    }
+
+    fn figures(&self) -> DelayFigures {
+        let mut sorted = self.samples.clone();
+        sorted.sort_unstable();
+        let at = |q: f64| {
+            sorted
+                .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        DelayFigures {
+            samples: sorted.len(),
+            p50_us: at(0.5),
+            p99_us: at(0.99),
+            max_us: sorted.last().copied().unwrap_or(0),
+        }
+    }
 }
 
 enum Command {
@@ -310,6 +371,8 @@ impl VoiceDriver {
             evidence_at: HashMap::new(),
             evidence_sent: 0,
             tokens_shown: 0,
+            receive_delay: DelayRecorder::default(),
+            send_delay: DelayRecorder::default(),
         };
         let task = tokio::spawn(run.run(commands_rx, io_rx, packets, store.subscribe()));
         Ok(VoiceDriver {
@@ -636,6 +699,8 @@ struct Run {
     evidence_sent: u64,
     /// Relay tokens of new epochs shown to the relay.
     tokens_shown: u64,
+    receive_delay: DelayRecorder,
+    send_delay: DelayRecorder,
 }
 
 impl Drop for Run {
@@ -843,8 +908,11 @@ impl Run {
     }
 
     fn on_packet(&mut self, packet: &VoicePacket) {
+        let started = Instant::now();
         let now = self.now();
         self.session.send_voice(packet, false, now);
+        self.drain();
+        self.send_delay.record(started.elapsed());
     }
 
     fn on_roster_change(&mut self) {
@@ -958,6 +1026,8 @@ impl Run {
             overflow: 0,
             evidence_sent: self.evidence_sent,
             tokens_shown: self.tokens_shown,
+            receive_delay: self.receive_delay.figures(),
+            send_delay: self.send_delay.figures(),
             ended: self.session.is_ended(),
         };
     }
@@ -1116,7 +1186,11 @@ impl Run {
                 packet,
                 arrived_at,
                 ..
-            } => self.engine.push(user, packet, self.origin + arrived_at),
+            } => {
+                let arrived = self.origin + arrived_at;
+                self.engine.push(user, packet, arrived);
+                self.receive_delay.record(arrived.elapsed());
+            }
             Event::SetEncoder {
                 bitrate_bps,
                 expected_loss_percent,
@@ -1309,4 +1383,29 @@ async fn join_relay(
         }
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_figures_cover_the_newest_samples() {
+        let mut r = DelayRecorder::default();
+        assert_eq!(r.figures(), DelayFigures::default());
+        // 1,024 samples of 1 ms, then 1,024 of 10 to 10,230 µs: only the
+        // newest count.
+        for _ in 0..DELAY_SAMPLES {
+            r.record(Duration::from_millis(1));
+        }
+        assert_eq!(r.figures().p50_us, 1000);
+        for i in 1..=DELAY_SAMPLES as u64 {
+            r.record(Duration::from_micros(10 * i));
+        }
+        let f = r.figures();
+        assert_eq!(f.samples, DELAY_SAMPLES);
+        assert_eq!(f.max_us, 10_240);
+        assert!((5_100..=5_140).contains(&f.p50_us), "{f:?}");
+        assert!((10_120..=10_150).contains(&f.p99_us), "{f:?}");
+    }
 }
