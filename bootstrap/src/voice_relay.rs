@@ -271,11 +271,13 @@ struct KnownEpoch {
 
 /// How long a member admitted with an older epoch's token has to show the
 /// newer epoch's ([`MemberMessage::Token`]) once the relay learns of it,
-/// before it is dropped: short enough that a removed member is gone within
-/// a few seconds, long enough for the owner's grant to reach the other
-/// members' nodes by gossip (the relay usually learns of it from the
-/// owner's node first) and for them to answer.
-pub const SHOW_NEW_TOKEN_WITHIN: Duration = Duration::from_secs(2);
+/// before it is dropped (it is held, hearing and sending nothing, from the
+/// start): short enough that a removed member is gone within a second of
+/// its kick (the owner's node tells the relay about 100 ms after it),
+/// long enough for the grant to reach the other members' nodes by gossip
+/// and for them to answer. A member slower than that is dropped and joins
+/// again with the new epoch's proof.
+pub const SHOW_NEW_TOKEN_WITHIN: Duration = Duration::from_millis(800);
 
 /// Signed records members sent against others of a group ([`Evidence`]):
 /// every later join to the group, and every member at each new piece of

@@ -510,8 +510,11 @@ fn a_member_kicked_from_an_invite_only_room_is_dropped_by_the_relay_and_the_othe
         .iter()
         .map(|t| t.json(&["status"])["frames_received"].as_u64().unwrap())
         .collect();
-    // Past the relay's grace for showing a new epoch's token.
-    std::thread::sleep(tincan_bootstrap::voice_relay::SHOW_NEW_TOKEN_WITHIN * 2);
+    // Past the relay's grace for showing a new epoch's token, and long
+    // enough to count the frames heard since.
+    std::thread::sleep(
+        tincan_bootstrap::voice_relay::SHOW_NEW_TOKEN_WITHIN * 2 + Duration::from_secs(2),
+    );
     // The kicked node left by itself (its store learnt of the kick) or the
     // relay removed it; a node that does not play along is removed by the
     // relay (bootstrap/tests/voice_relay.rs). Nobody else was: the only
