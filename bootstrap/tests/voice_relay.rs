@@ -436,8 +436,11 @@ async fn outsiders_forgers_and_garbage_are_refused_with_a_reason() {
     assert_eq!(s.groups, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_speaker_index_is_dropped_and_counted() {
+/// Bob and carol on the relay; bob sends five datagrams with `bad`, then
+/// one good frame: carol gets only the good one. The relay's counters then.
+async fn five_refused_then_one_forwarded(
+    bad: impl Fn(&RelaySession, &RelaySession, u32) -> bool,
+) -> VoiceRelayStats {
     let (relay, addr) = start(settings());
     let w = world();
     let (bob, carol) = (player(2), player(3));
@@ -445,18 +448,24 @@ async fn a_wrong_speaker_index_is_dropped_and_counted() {
     carol.joins(&w);
     let b = bob.join(&w, &addr).await;
     let c = carol.join(&w, &addr).await;
-    // Bob speaks in carol's name, then in his own.
     for seq in 0..5 {
-        assert!(send(&b, frame(c.speaker(), seq)));
+        assert!(bad(&b, &c, seq));
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     assert!(send(&b, frame(b.speaker(), 99)));
     let got = receive(&c, 1).await;
     assert_eq!((got[0].0, got[0].1), (b.speaker(), 99));
     let s = stats_become(&relay, |s| s.relay.received == 6).await;
-    assert_eq!(s.relay.dropped_wrong_speaker, 5);
     assert_eq!(s.relay.forwarded, 1);
     nothing_arrives(&c).await;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_speaker_index_is_dropped_and_counted() {
+    // Bob speaks in carol's name.
+    let s = five_refused_then_one_forwarded(|b, c, seq| send(b, frame(c.speaker(), seq))).await;
+    assert_eq!(s.relay.dropped_wrong_speaker, 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,15 +473,8 @@ async fn plaintext_frames_are_dropped_and_counted() {
     // The relay as the bootstrap binary runs it: a member whose node sends
     // plaintext (an old node, or one that does not play along) would let
     // the relay, and anyone it forwards to, hear the channel.
-    let (relay, addr) = start(settings());
-    let w = world();
-    let (bob, carol) = (player(2), player(3));
-    bob.joins(&w);
-    carol.joins(&w);
-    let b = bob.join(&w, &addr).await;
-    let c = carol.join(&w, &addr).await;
-    for seq in 0..5 {
-        let plain = VoiceDatagram {
+    let s = five_refused_then_one_forwarded(|b, _, seq| {
+        b.send(&VoiceDatagram {
             channel: 0,
             speaker: b.speaker(),
             sequence: seq,
@@ -480,17 +482,10 @@ async fn plaintext_frames_are_dropped_and_counted() {
             end_of_spurt: false,
             payload: vec![seq as u8; 60],
             redundant: None,
-        };
-        assert!(b.send(&plain));
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    assert!(send(&b, frame(b.speaker(), 9)));
-    let got = receive(&c, 1).await;
-    assert_eq!((got[0].0, got[0].1), (b.speaker(), 9));
-    let s = stats_become(&relay, |s| s.relay.received == 6).await;
+        })
+    })
+    .await;
     assert_eq!(s.relay.dropped_plaintext, 5);
-    assert_eq!(s.relay.forwarded, 1);
-    nothing_arrives(&c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

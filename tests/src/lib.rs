@@ -435,3 +435,35 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// One signed-up identity per name, each in `dir/NAME` with the password
+/// `pw`.
+pub fn players(dir: &Path, names: &[&str]) -> Vec<Tincan> {
+    names
+        .iter()
+        .map(|n| {
+            let t = Tincan::new(&dir.join(n), "pw");
+            t.ok(&["init", "--username", n]);
+            t
+        })
+        .collect()
+}
+
+/// Waits until every node shows `room` with `members` members and
+/// `channels` channels; panics after `limit`.
+pub fn wait_for_room(
+    nodes: &[Tincan],
+    room: &str,
+    members: usize,
+    channels: usize,
+    limit: std::time::Duration,
+) {
+    for t in nodes {
+        eventually(limit, || {
+            (t.json(&["room", "show", room])["members"].as_array()?.len() == members
+                && t.json(&["channel", "list", room]).as_array()?.len() == channels)
+                .then_some(())
+        })
+        .unwrap_or_else(|| panic!("room state did not converge within {limit:?}"));
+    }
+}

@@ -277,14 +277,7 @@ fn a_member_kicked_while_talking_is_dropped_by_every_peer_within_5_s() {
     write_speech(&speech, 3.0);
     let input = format!("wav-loop:{}", speech.display());
     let names = ["alice", "bob", "carol"];
-    let nodes: Vec<Tincan> = names
-        .iter()
-        .map(|n| {
-            let t = Tincan::new(&dir.path().join(n), "pw");
-            t.ok(&["init", "--username", n]);
-            t
-        })
-        .collect();
+    let nodes = tincan_tests::players(dir.path(), &names);
     let mut a = RunningNode::start(
         &nodes[0],
         &up_args(&["--input", "null", "--output", "null"]),
@@ -317,17 +310,7 @@ fn a_member_kicked_while_talking_is_dropped_by_every_peer_within_5_s() {
     for t in &nodes[1..] {
         assert_eq!(t.json(&["room", "join", &room])["state"], "joined");
     }
-    for t in &nodes {
-        eventually(LIMIT, || {
-            (t.json(&["room", "show", &room])["members"]
-                .as_array()?
-                .len()
-                == 3
-                && t.json(&["channel", "list", &room]).as_array()?.len() == 1)
-                .then_some(())
-        })
-        .expect("room state did not converge");
-    }
+    tincan_tests::wait_for_room(&nodes, &room, 3, 1, LIMIT);
     for t in &nodes {
         t.ok(&["voice", "join", &room, &channel]);
     }
@@ -396,14 +379,7 @@ fn a_member_kicked_from_an_invite_only_room_is_dropped_by_the_relay_and_the_othe
     write_speech(&speech, 3.0);
     let input = format!("wav-loop:{}", speech.display());
     let names = ["alice", "bob", "carol"];
-    let nodes: Vec<Tincan> = names
-        .iter()
-        .map(|n| {
-            let t = Tincan::new(&dir.path().join(n), "pw");
-            t.ok(&["init", "--username", n]);
-            t
-        })
-        .collect();
+    let nodes = tincan_tests::players(dir.path(), &names);
     let _running: Vec<RunningNode> = nodes
         .iter()
         .map(|t| {
@@ -445,17 +421,7 @@ fn a_member_kicked_from_an_invite_only_room_is_dropped_by_the_relay_and_the_othe
         });
         assert!(joined.is_some(), "{id} could not join by its invite link");
     }
-    for t in &nodes {
-        eventually(LIMIT, || {
-            (t.json(&["room", "show", &room])["members"]
-                .as_array()?
-                .len()
-                == 3
-                && t.json(&["channel", "list", &room]).as_array()?.len() == 1)
-                .then_some(())
-        })
-        .expect("room state did not converge");
-    }
+    tincan_tests::wait_for_room(&nodes, &room, 3, 1, LIMIT);
     for t in &nodes {
         t.ok(&["voice", "join", &room, &channel]);
     }

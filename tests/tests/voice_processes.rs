@@ -124,14 +124,7 @@ fn a_user_who_may_not_speak_is_not_heard_and_a_killed_peer_goes() {
     write_speech(&speech, 3.0);
     let input = format!("wav-loop:{}", speech.display());
     let names = ["alice", "bob", "carol"];
-    let nodes: Vec<Tincan> = names
-        .iter()
-        .map(|n| {
-            let t = Tincan::new(&dir.path().join(n), "pw");
-            t.ok(&["init", "--username", n]);
-            t
-        })
-        .collect();
+    let nodes = tincan_tests::players(dir.path(), &names);
     let mut a = RunningNode::start(
         &nodes[0],
         &up_args(&["--input", &input, "--output", "null"]),
@@ -179,19 +172,7 @@ fn a_user_who_may_not_speak_is_not_heard_and_a_killed_peer_goes() {
     for t in &nodes[1..] {
         assert_eq!(t.json(&["room", "join", &room])["state"], "joined");
     }
-    for t in &nodes {
-        eventually(LIMIT, || {
-            let shown = t.json(&["room", "show", &room]);
-            (shown["members"].as_array().unwrap().len() == 3
-                && t.json(&["channel", "list", &room])
-                    .as_array()
-                    .unwrap()
-                    .len()
-                    == 1)
-                .then_some(())
-        })
-        .expect("room state did not converge");
-    }
+    tincan_tests::wait_for_room(&nodes, &room, 3, 1, LIMIT);
     for t in &nodes {
         t.ok(&["voice", "join", &room, &channel]);
     }
