@@ -14,7 +14,7 @@ use tincan_core::{
     ChannelId, Hlc, JoinPolicy, MemberRole, MemberState, NodeKey, RoomId, RoomSettings,
     UnverifiedRecord, make, permissions,
 };
-use tincan_store::datadir::DataDir;
+use tincan_store::datadir::{DataDir, NewStore};
 use tincan_store::{Applied, RoomView, Store};
 
 use crate::bundle::Bundle;
@@ -37,6 +37,11 @@ pub struct Cli {
     /// Print results as JSON
     #[arg(long, global = true)]
     pub json: bool,
+    /// Start an empty store when store.redb is missing beside an existing
+    /// identity (the rooms you are in sync again from peers); without it
+    /// a missing store is an error
+    #[arg(long, global = true)]
+    pub new_store: bool,
     /// What to do
     #[command(subcommand)]
     pub command: Command,
@@ -385,6 +390,8 @@ pub(crate) struct Ctx {
     node: RefCell<Option<Node>>,
     store: RefCell<Option<Store>>,
     out: RefCell<Vec<Output>>,
+    /// Whether a missing store may be started empty (`--new-store`).
+    new_store: NewStore,
 }
 
 /// What a command says: JSON for machines, text for people.
@@ -397,7 +404,12 @@ pub struct Output {
 }
 
 impl Ctx {
-    pub(crate) fn offline(dir: DataDir, password_file: Option<PathBuf>, json: bool) -> Self {
+    pub(crate) fn offline(
+        dir: DataDir,
+        password_file: Option<PathBuf>,
+        json: bool,
+        new_store: NewStore,
+    ) -> Self {
         Ctx {
             dir,
             password_file,
@@ -405,12 +417,13 @@ impl Ctx {
             node: RefCell::new(None),
             store: RefCell::new(None),
             out: RefCell::new(Vec::new()),
+            new_store,
         }
     }
 
     /// A context around an already unlocked node (the daemon's).
     pub(crate) fn with_node(node: Node) -> Self {
-        let ctx = Ctx::offline(node.dir.clone(), None, true);
+        let ctx = Ctx::offline(node.dir.clone(), None, true, NewStore::Refuse);
         *ctx.node.borrow_mut() = Some(node);
         ctx
     }
@@ -434,7 +447,7 @@ impl Ctx {
         if self.node.borrow().is_none() {
             // redb allows one open handle per file: close the read-only one.
             self.store.borrow_mut().take();
-            let node = Node::unlock(self.dir.clone(), &self.password(false)?)?;
+            let node = Node::unlock(self.dir.clone(), &self.password(false)?, self.new_store)?;
             *self.node.borrow_mut() = Some(node);
         }
         Ok(RefMut::map(self.node.borrow_mut(), |n| {
@@ -461,7 +474,7 @@ impl Ctx {
             }));
         }
         if self.store.borrow().is_none() {
-            *self.store.borrow_mut() = Some(node::open_store(&self.dir)?);
+            *self.store.borrow_mut() = Some(node::open_store(&self.dir, self.new_store)?);
         }
         Ok(Ref::map(self.store.borrow(), |s| {
             s.as_ref().expect("set just above")
@@ -505,7 +518,12 @@ pub fn run(cli: Cli) -> Result<()> {
         },
         Err(local) => local,
     };
-    let ctx = Ctx::offline(dir, cli.password_file, cli.json);
+    let new_store = if cli.new_store {
+        NewStore::Allow
+    } else {
+        NewStore::Refuse
+    };
+    let ctx = Ctx::offline(dir, cli.password_file, cli.json, new_store);
     let result = dispatch(&ctx, command);
     ctx.flush();
     result
@@ -593,12 +611,8 @@ pub(crate) fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
 }
 
 fn sign_up(ctx: &Ctx, username: Option<String>) -> Result<Identity> {
-    if ctx.dir.has_identity() {
-        bail!(
-            "an identity already exists in {}: use it, or choose another --data-dir",
-            ctx.dir.root().display()
-        );
-    }
+    // Before any prompt: neither over an identity nor beside a store.
+    ctx.dir.check_new_identity()?;
     let username = match username {
         Some(u) => u,
         None => prompt_line("Username: ")?,
@@ -935,7 +949,8 @@ fn id_command(ctx: &Ctx, action: IdAction) -> Result<()> {
             let resealed =
                 SealedIdentity::seal(&identity, local.as_bytes(), KdfParams::RECOMMENDED)?;
             ctx.dir.create_identity(&resealed)?;
-            node::open_store(&ctx.dir)?;
+            // The store that lost its identity, or a new one.
+            node::open_store(&ctx.dir, NewStore::Allow)?;
             show_identity(ctx, &resealed)
         }
         IdAction::Passwd { new_password_file } => {

@@ -212,6 +212,7 @@ async fn serve(mut node: Node, options: UpOptions) -> Result<()> {
         let state = tincan_api::ApiState::builder(node.store.clone(), dir.clone(), &node.identity)
             .mesh(mesh.clone())
             .clock(node.clock())
+            .writer(node.writer.clone())
             .voice(crate::voice_api::ApiVoice::new(voice.clone()))
             .build()?;
         anyhow::Ok((listener.local_addr()?, listener, state))

@@ -10,8 +10,8 @@ use tincan_core::keystore::{Identity, KdfParams, SealedIdentity};
 use tincan_core::{Hlc, NodeKey, RoomId, SignedRecord, UserKey};
 use tincan_store::clock::StoreClock;
 pub use tincan_store::clock::wall_ms;
-use tincan_store::datadir::DataDir;
-use tincan_store::{Applied, ApplyError, Store, StoreConfig};
+use tincan_store::datadir::{DataDir, NewStore};
+use tincan_store::{Applied, ApplyError, GroupWriter, Store, StoreConfig};
 
 /// The default data directory: `$XDG_DATA_HOME/tincan` (usually
 /// `~/.local/share/tincan`).
@@ -23,12 +23,8 @@ pub fn default_data_dir() -> Result<PathBuf> {
 
 /// Creates a new identity in `dir` and writes the user's profile.
 pub fn init(dir: &DataDir, username: &str, password: &str, kdf: KdfParams) -> Result<Identity> {
-    if dir.has_identity() {
-        bail!(
-            "an identity already exists in {}: use it, or choose another --data-dir",
-            dir.root().display()
-        );
-    }
+    // Neither over an identity nor beside a store that is already there.
+    dir.check_new_identity()?;
     let identity = Identity {
         username: username.to_owned(),
         user_key: UserKey::generate()?,
@@ -40,14 +36,15 @@ pub fn init(dir: &DataDir, username: &str, password: &str, kdf: KdfParams) -> Re
         .map_err(|e| anyhow!("cannot use that username: {e}"))?;
     let sealed = SealedIdentity::seal(&identity, password.as_bytes(), kdf)?;
     dir.create_identity(&sealed)?;
-    let store = open_store(dir)?;
+    let store = open_store(dir, NewStore::Allow)?;
     store.apply(profile).context("cannot write the profile")?;
     Ok(identity)
 }
 
-/// Opens the store in `dir`.
-pub fn open_store(dir: &DataDir) -> Result<Store> {
-    Ok(Store::open(dir.store_path(), StoreConfig::default())?)
+/// Opens the store in `dir`; a missing one is started only when
+/// `new_store` allows it (see [`DataDir::open_store`]).
+pub fn open_store(dir: &DataDir, new_store: NewStore) -> Result<Store> {
+    Ok(dir.open_store(StoreConfig::default(), new_store)?)
 }
 
 /// The running mesh, as seen from the (blocking) command code.
@@ -69,12 +66,16 @@ pub struct Node {
     pub store: Arc<Store>,
     /// The mesh, while `tincan up` runs.
     pub mesh: Option<MeshLink>,
+    /// Group commit for every local writer (the CLI here, the API in
+    /// `tincan up`: give it this one so they share commits).
+    pub writer: GroupWriter,
     clock: Arc<StoreClock>,
 }
 
 impl Node {
-    /// Unlocks the identity in `dir` with `password` and opens the store.
-    pub fn unlock(dir: DataDir, password: &str) -> Result<Node> {
+    /// Unlocks the identity in `dir` with `password` and opens the store
+    /// (started empty if missing only when `new_store` allows it).
+    pub fn unlock(dir: DataDir, password: &str, new_store: NewStore) -> Result<Node> {
         let sealed = dir.load_identity()?;
         let identity = sealed.open(password.as_bytes())?;
         if identity.node_key.is_none() {
@@ -83,13 +84,14 @@ impl Node {
                 dir.root().display()
             );
         }
-        let store = Arc::new(open_store(&dir)?);
+        let store = Arc::new(open_store(&dir, new_store)?);
         // In memory only: the store opens grants to this user and, for the
         // rooms it owns, derives their keys (sealed invite-only rooms).
         store.unlock_user(&identity.user_key)?;
         Ok(Node {
             dir,
             identity,
+            writer: GroupWriter::new(store.clone()),
             store,
             mesh: None,
             clock: Arc::new(StoreClock::new()),
@@ -123,7 +125,8 @@ impl Node {
         let id = record.id();
         // Only a running mesh needs its own copy, to gossip.
         let to_gossip = self.mesh.as_ref().map(|link| (link, record.clone()));
-        let applied = match self.store.apply(record) {
+        // Durable when it answers, in a commit shared with the API's writes.
+        let applied = match self.writer.apply_blocking(record) {
             Ok(a) => a,
             Err(ApplyError::Rejected(e)) => return Err(anyhow!("refused: {e}")),
             Err(e) => return Err(e.into()),

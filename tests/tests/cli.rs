@@ -305,3 +305,106 @@ fn a_damaged_store_is_reported_not_reset() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert_eq!(std::fs::read(&store).unwrap(), b"definitely not a database");
 }
+
+/// A data directory whose store or identity is damaged or gone is refused
+/// with the file's name and what to do, and nothing on disk changes: a
+/// 0-byte store.redb (redb made a new store of it), a deleted store.redb
+/// beside the identity (a new empty store was made), a deleted
+/// identity.json beside the store (`init` and `up` signed up a new
+/// identity). All three went through without a word on the old code.
+#[test]
+fn damaged_data_directories_are_refused_and_left_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = node(&dir, "alice");
+    alice.ok(&["room", "create", "kept"]);
+    let store = alice.data_dir.join("store.redb");
+    let identity = alice.data_dir.join("identity.json");
+    let backup = dir.path().join("alice.identity");
+    let out = alice
+        .cmd()
+        .env("TINCAN_EXPORT_PASSWORD", "export-pw")
+        .args(["id", "export", "--out", backup.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let good_store = std::fs::read(&store).unwrap();
+
+    // A 0-byte store.
+    std::fs::write(&store, b"").unwrap();
+    for args in [
+        &["room", "list"][..],
+        &["room", "create", "x"],
+        &["up", "--once"],
+    ] {
+        let err = alice.fails(args);
+        assert!(
+            err.contains("store.redb is empty (0 bytes)"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("--new-store"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert_eq!(std::fs::metadata(&store).unwrap().len(), 0, "{args:?}");
+    }
+
+    // No store beside the identity.
+    std::fs::remove_file(&store).unwrap();
+    for args in [
+        &["room", "list"][..],
+        &["room", "create", "x"],
+        &["up", "--once"],
+    ] {
+        let err = alice.fails(args);
+        assert!(
+            err.contains("store.redb is missing beside the identity"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("--new-store"), "{err}");
+        assert!(!store.exists(), "{args:?} made a store");
+    }
+    // Asked for: an empty store for the same identity.
+    alice.ok(&["--new-store", "room", "create", "anew"]);
+    assert!(store.exists());
+    std::fs::write(&store, &good_store).unwrap();
+    let rooms = alice.json(&["room", "list"]);
+    assert_eq!(rooms.as_array().unwrap().len(), 1, "{rooms}");
+
+    // No identity beside the store (as it is now: opening it rewrote its
+    // header, so compare with what is on disk at this point).
+    std::fs::remove_file(&identity).unwrap();
+    let kept_store = std::fs::read(&store).unwrap();
+    for args in [
+        &["init", "--username", "mallory"][..],
+        &["up", "--once", "--username", "mallory"],
+        &["room", "create", "x"],
+    ] {
+        let err = alice.fails(args);
+        assert!(
+            err.contains("identity.json is missing beside the store"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("tincan id import"), "{err}");
+        assert!(!identity.exists(), "{args:?} made an identity");
+        assert!(
+            std::fs::read(&store).unwrap() == kept_store,
+            "{args:?} changed store.redb"
+        );
+    }
+    // The way back: import the identity the store belongs to.
+    let out = alice
+        .cmd()
+        .env("TINCAN_EXPORT_PASSWORD", "export-pw")
+        .args(["id", "import", backup.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rooms = alice.json(&["room", "list"]);
+    assert_eq!(rooms.as_array().unwrap().len(), 1, "{rooms}");
+}
