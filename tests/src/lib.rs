@@ -467,3 +467,40 @@ pub fn wait_for_room(
         .unwrap_or_else(|| panic!("room state did not converge within {limit:?}"));
     }
 }
+
+/// One HTTP/1.1 request to a node's local API at `addr` (host:port); returns (status,
+/// JSON body). A connection per request, bounded in time: a node killed
+/// mid-request gives an error, never a hang.
+pub fn api_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> std::io::Result<(u16, serde_json::Value)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         X-Parse-Application-Id: tincan\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        head += &format!("X-Parse-Session-Token: {t}\r\n");
+    }
+    write!(s, "{head}\r\n{body}")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP status in {out:?}")))?;
+    let json = out
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    Ok((status, json))
+}

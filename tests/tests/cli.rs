@@ -226,16 +226,12 @@ fn export_import_and_rules_across_two_users() {
     assert!(err.contains("not a tincan record bundle"), "{err}");
 }
 
-#[test]
-fn identity_export_import_and_password_change() {
-    let dir = tempfile::tempdir().unwrap();
-    let alice = node(&dir, "alice");
-    let id = alice.json(&["id"]);
-    let backup = dir.path().join("alice.identity");
-    let out = alice
+/// `tincan id export --out to` with the export password `export-pw`.
+fn export_identity(t: &Tincan, to: &std::path::Path) {
+    let out = t
         .cmd()
         .env("TINCAN_EXPORT_PASSWORD", "export-pw")
-        .args(["id", "export", "--out", backup.to_str().unwrap()])
+        .args(["id", "export", "--out", to.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(
@@ -243,6 +239,15 @@ fn identity_export_import_and_password_change() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn identity_export_import_and_password_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = node(&dir, "alice");
+    let id = alice.json(&["id"]);
+    let backup = dir.path().join("alice.identity");
+    export_identity(&alice, &backup);
 
     // A second device: same user, its own node key.
     let laptop = Tincan::new(&dir.path().join("laptop"), "laptop-pw");
@@ -320,17 +325,7 @@ fn damaged_data_directories_are_refused_and_left_unchanged() {
     let store = alice.data_dir.join("store.redb");
     let identity = alice.data_dir.join("identity.json");
     let backup = dir.path().join("alice.identity");
-    let out = alice
-        .cmd()
-        .env("TINCAN_EXPORT_PASSWORD", "export-pw")
-        .args(["id", "export", "--out", backup.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    export_identity(&alice, &backup);
     let good_store = std::fs::read(&store).unwrap();
 
     // A 0-byte store.

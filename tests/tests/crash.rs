@@ -13,22 +13,28 @@ use tincan_tests::workspace_bin;
 
 const ROUNDS: u64 = 25;
 
-#[test]
-fn every_acknowledged_record_survives_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("crash.redb");
+/// A xorshift generator seeded from the clock (the seed is printed, so a
+/// failing run can be told apart).
+fn seeded_rng() -> impl FnMut() -> u64 {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
     println!("seed {seed}");
     let mut rng = seed | 1;
-    let mut next = || {
+    move || {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
         rng
-    };
+    }
+}
+
+#[test]
+fn every_acknowledged_record_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crash.redb");
+    let mut next = seeded_rng();
     let mut acked: Vec<RecordId> = Vec::new();
     for round in 0..ROUNDS {
         let mut child = Command::new(workspace_bin("crash-writer"))
@@ -85,43 +91,6 @@ fn every_acknowledged_record_survives_sigkill() {
     );
 }
 
-/// One HTTP/1.1 request to the API at `addr` (host:port); returns (status,
-/// JSON body). A connection per request, bounded in time: a node killed
-/// mid-request gives an error, never a hang.
-fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<serde_json::Value>,
-) -> std::io::Result<(u16, serde_json::Value)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         X-Parse-Application-Id: tincan\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(t) = token {
-        head += &format!("X-Parse-Session-Token: {t}\r\n");
-    }
-    write!(s, "{head}\r\n{body}")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no HTTP status in {out:?}")))?;
-    let json = out
-        .split_once("\r\n\r\n")
-        .and_then(|(_, b)| serde_json::from_str(b).ok())
-        .unwrap_or(serde_json::Value::Null);
-    Ok((status, json))
-}
-
 /// 8 concurrent API clients write RoomLog entries to a real `tincan up`
 /// (group commit: their writes share durable commits through one writer);
 /// the node is killed with SIGKILL at a random moment while they write;
@@ -135,25 +104,14 @@ fn every_acknowledged_api_write_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let t = Tincan::new(&dir.path().join("node"), "node-pw");
     t.ok(&["init", "--username", "writer"]);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    println!("seed {seed}");
-    let mut rng = seed | 1;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = seeded_rng();
     let mut acked: Vec<RecordId> = Vec::new();
     let mut room = None;
     for round in 0..API_ROUNDS {
         let mut node = RunningNode::start(&t, LOOPBACK_UP);
         let api = node.api_url();
         let addr = api.trim_start_matches("http://").to_owned();
-        let (s, login) = http(
+        let (s, login) = tincan_tests::api_request(
             &addr,
             "POST",
             "/parse/login",
@@ -165,7 +123,7 @@ fn every_acknowledged_api_write_survives_sigkill() {
         let token = login["sessionToken"].as_str().unwrap().to_owned();
         let room_id = room
             .get_or_insert_with(|| {
-                let (s, r) = http(
+                let (s, r) = tincan_tests::api_request(
                     &addr,
                     "POST",
                     "/parse/classes/Room",
@@ -200,7 +158,7 @@ fn every_acknowledged_api_write_survives_sigkill() {
                             "action": format!("round {round} writer {w} entry {i}"),
                         });
                         i += 1;
-                        match http(
+                        match tincan_tests::api_request(
                             &addr,
                             "POST",
                             "/parse/classes/RoomLog",

@@ -4,7 +4,6 @@
 //! own), and the listener's `/v1/voice/status` shows the link and the
 //! speaker speaking.
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -21,28 +20,8 @@ fn call(
     token: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let addr = api.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the API");
-    s.set_read_timeout(Some(LIMIT)).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         X-Parse-Application-Id: tincan\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(t) = token {
-        head += &format!("X-Parse-Session-Token: {t}\r\n");
-    }
-    write!(s, "{head}\r\n{body}").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out[9..12].parse().unwrap();
-    let json = out
-        .split_once("\r\n\r\n")
-        .and_then(|(_, b)| serde_json::from_str(b).ok())
-        .unwrap_or(Value::Null);
-    (status, json)
+    tincan_tests::api_request(api.trim_start_matches("http://"), method, path, token, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
 fn ok(api: &str, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Value {
